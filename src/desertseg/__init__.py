@@ -1,0 +1,3 @@
+"""desertseg: semantic segmentation of off-road desert terrain."""
+
+__version__ = "0.1.0"

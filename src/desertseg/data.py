@@ -1,0 +1,267 @@
+"""Reading the Duality AI desert dataset: images, 16-bit masks, splits, and a torch Dataset.
+
+Layout (as published)::
+
+    <root>/<split>/Color_Images/<name>.png   RGB, 960x540
+    <root>/<split>/Segmentation/<name>.png   single channel, 16-bit raw ids
+
+The zips are sometimes unpacked into a doubled folder (``X/X/train/...``); :func:`resolve_split`
+finds the split either way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .classes import raw_to_index
+
+IMAGE_DIR = "Color_Images"
+MASK_DIR = "Segmentation"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Refuse images above this many pixels before decoding them (decompression bombs).
+MAX_PIXELS = 64_000_000
+# Split names users type -> folder names in the published zips.
+SPLIT_ALIASES = {"test": ("test", "Offroad_Segmentation_testImages", "testImages")}
+
+
+class DataError(Exception):
+    """A data file or folder that cannot be used; the message names it and says why."""
+
+    def __init__(self, path: Path | str, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+def _open(path: Path) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found" if not path.exists() else "not a regular file")
+    if path.stat().st_size == 0:
+        raise DataError(path, "file is empty (0 bytes)")
+    try:
+        img = Image.open(path)
+    except UnidentifiedImageError:
+        raise DataError(path, "not a readable image (unknown or corrupt format)") from None
+    except PermissionError:
+        raise DataError(path, "permission denied") from None
+    except OSError as e:
+        raise DataError(path, f"cannot open image ({e})") from None
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise DataError(path, f"image is {w}x{h} = {w * h:,} pixels, over the cap of {MAX_PIXELS:,}")
+    return img
+
+
+def read_image(path: Path | str) -> np.ndarray:
+    """Read an image as ``(H, W, 3)`` uint8 RGB.
+
+    EXIF orientation is applied; RGBA, grayscale, palette and 16-bit images are converted to
+    8-bit RGB (alpha is dropped). Raises :class:`DataError` naming the file otherwise.
+    """
+    img = _open(Path(path))
+    try:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit grayscale: scale to 8 bits instead of clipping to white.
+            arr = np.asarray(img, dtype=np.uint32) >> 8
+            img = Image.fromarray(arr.astype(np.uint8), "L")
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return np.asarray(img, dtype=np.uint8).copy()
+    except OSError as e:  # truncated or damaged data surfaces only when decoding
+        raise DataError(path, f"image data is damaged or truncated ({e})") from None
+
+
+def read_mask(path: Path | str) -> np.ndarray:
+    """Read a Duality mask as ``(H, W)`` uint16 raw ids.
+
+    Only single-channel 16-bit (or 32-bit integer) PNGs are accepted: an 8-bit mask cannot
+    hold ids such as 7100 or 10000, so it was almost certainly destroyed by an 8-bit save,
+    and a colour mask is a visualisation, not labels.
+    """
+    img = _open(Path(path))
+    mode = img.mode
+    if mode in ("RGB", "RGBA", "P", "LA", "PA", "CMYK", "YCbCr"):
+        raise DataError(path, f"mask is a colour image (mode {mode}); expected a single-channel 16-bit PNG of raw class ids")
+    if mode in ("L", "1"):
+        raise DataError(
+            path,
+            f"mask is 8-bit (mode {mode}); Duality masks are 16-bit and ids like 7100 and 10000 "
+            "do not fit in 8 bits, so this file was probably re-saved and its labels destroyed",
+        )
+    try:
+        arr = np.asarray(img)
+    except OSError as e:
+        raise DataError(path, f"mask data is damaged or truncated ({e})") from None
+    if arr.ndim != 2 or arr.dtype.kind not in "iu":
+        raise DataError(path, f"mask has unsupported layout (mode {mode}, shape {arr.shape}, dtype {arr.dtype})")
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise DataError(path, "mask values lie outside 0..65535")
+    return arr.astype(np.uint16)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize ``(H, W, 3)`` uint8 RGB to ``size`` = (H, W), bilinear with antialiasing.
+
+    Training and inference both call this, so a model always sees the same preprocessing.
+    """
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a label mask with nearest neighbour only: labels must never be blended."""
+    h, w = size
+    if mask.shape[:2] == (h, w):
+        return mask
+    return np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
+
+
+def parse_size(text: str | tuple | list) -> tuple[int, int]:
+    """``"480x272"`` (width x height, as people write sizes) -> ``(272, 480)`` (H, W, as torch does)."""
+    if isinstance(text, (tuple, list)):
+        h, w = (int(v) for v in text)
+        return h, w
+    try:
+        w, h = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size must look like WIDTHxHEIGHT, e.g. 480x272; got {text!r}") from None
+    if w <= 0 or h <= 0 or w > 8192 or h > 8192:
+        raise ValueError(f"size {text!r} is out of range (1..8192 per side)")
+    return h, w
+
+
+def resolve_split(data: Path | str, split: str | None = None) -> Path:
+    """Find the folder holding ``Color_Images`` and ``Segmentation`` for a split.
+
+    ``data`` may be the split folder itself, the dataset root, or a root unpacked into a
+    doubled folder. ``split`` is ``train``, ``val``, ``test`` or a folder name.
+    """
+    data = Path(data)
+    if not data.is_dir():
+        raise DataError(data, "dataset folder not found")
+    if (data / IMAGE_DIR).is_dir():
+        return data
+    names = SPLIT_ALIASES.get(split, (split,)) if split else None
+    found = []
+    for depth in range(1, 5):
+        for img_dir in data.glob("/".join(["*"] * depth)):
+            if img_dir.name != IMAGE_DIR or not img_dir.is_dir():
+                continue
+            d = img_dir.parent
+            if names is None or any(n.lower() == d.name.lower() or n.lower() in d.name.lower() for n in names):
+                found.append(d)
+        if found:
+            break
+    if not found:
+        want = f"split '{split}'" if split else "any split"
+        raise DataError(data, f"no {want} with a {IMAGE_DIR}/ folder found (looked 4 levels deep)")
+    if len(found) > 1:
+        # A doubled unzip leaves identical splits at two depths; prefer the shallowest.
+        found.sort(key=lambda p: len(p.parts))
+        if len(found[0].parts) == len(found[1].parts):
+            raise DataError(data, f"several folders match split '{split}': {', '.join(map(str, found))}; pass one")
+    return found[0]
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    image: Path
+    mask: Path | None
+
+
+def list_samples(split_dir: Path | str, require_masks: bool = True) -> tuple[list[Sample], list[str]]:
+    """Pair images with masks by file stem. Returns ``(samples, problems)``.
+
+    Orphans (an image without a mask, or a mask without an image) are reported in
+    ``problems``, never silently dropped.
+    """
+    split_dir = Path(split_dir)
+    img_dir, mask_dir = split_dir / IMAGE_DIR, split_dir / MASK_DIR
+    if not img_dir.is_dir():
+        raise DataError(img_dir, "image folder not found")
+    images = {p.stem: p for p in sorted(img_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() == ".png"} if mask_dir.is_dir() else {}
+    problems = []
+    if require_masks and not mask_dir.is_dir():
+        raise DataError(mask_dir, "mask folder not found")
+    for stem in sorted(set(masks) - set(images)):
+        problems.append(f"{masks[stem]}: mask without an image")
+    samples = []
+    for stem, img in images.items():
+        mask = masks.get(stem)
+        if mask is None and require_masks:
+            problems.append(f"{img}: image without a mask")
+            continue
+        samples.append(Sample(stem, img, mask))
+    if not samples:
+        raise DataError(split_dir, "no image/mask pairs found")
+    return samples, problems
+
+
+def environment(name: str) -> str:
+    """Simulated environment of a Duality file from its name prefix (letters + first digit), e.g. 'mt1'."""
+    m = re.match(r"([A-Za-z]+)(\d?)", name)
+    return (m.group(1) + m.group(2)).lower() if m else "unknown"
+
+
+class SegmentationDataset:
+    """A map-style dataset of (image, target) pairs for torch DataLoaders.
+
+    Each item is ``(image, target)``: a float tensor ``(3, H, W)`` after ``transform`` and a
+    long tensor ``(H, W)`` of class indices with ``IGNORE_INDEX`` for unknown ids.
+    Images and masks are first resized to ``size`` = (H, W) (masks with nearest only), and
+    those resized arrays are kept in memory when ``cache`` is true (the full 960x540
+    decode dominates the data path otherwise).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        size: tuple[int, int] | None,
+        transform: Callable | None = None,
+        cache: bool = False,
+    ):
+        self.samples = list(samples)
+        self.size = size
+        self.transform = transform
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``(H, W, 3)`` uint8 and target ``(H, W)`` uint8 class indices, resized to ``size``."""
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        s = self.samples[i]
+        image = read_image(s.image)
+        target = raw_to_index(read_mask(s.mask))
+        if image.shape[:2] != target.shape:
+            raise DataError(s.mask, f"mask is {target.shape[1]}x{target.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}")
+        if self.size is not None and image.shape[:2] != tuple(self.size):
+            image = resize_image(image, self.size)
+            target = resize_mask(target, self.size)
+        if self._cache is not None:
+            self._cache[i] = (image, target)
+        return image, target
+
+    def __getitem__(self, i: int):
+        import torch
+
+        image, target = self.load(i)
+        image_t = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+        target_t = torch.from_numpy(np.array(target)).long()
+        if self.transform is not None:
+            return self.transform(image_t, target_t)
+        return image_t.float().div_(255), target_t

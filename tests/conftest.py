@@ -1,0 +1,65 @@
+"""Shared fixtures. Tests run on the real files in ../shared/data (beside the project root)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Hub downloads would otherwise retry for ~30 s before failing on an offline machine.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DESERTSEG_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        msg = f"real test data missing: {path} (expected ../shared/data beside the project root)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)  # in CI a missing data folder is an error, never a skip
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def duality_root() -> Path:
+    """The dataset root holding train/ and val/."""
+    return _require(SHARED / "duality_sample" / "Offroad_Segmentation_Training_Dataset")
+
+
+@pytest.fixture(scope="session")
+def unseen_dir() -> Path:
+    """30 pairs of environment w0, seen in neither train nor val."""
+    return _require(SHARED / "duality_sample" / "Offroad_Segmentation_testImages")
+
+
+@pytest.fixture(scope="session")
+def ycor_dir() -> Path:
+    return _require(SHARED / "ycor_sample")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(duality_root, tmp_path_factory) -> Path:
+    """A real (tiny) training run on 4 train + 2 val images, shared by tests that need a model."""
+    import shutil
+
+    from desertseg.train import load_config, train
+
+    data = tmp_path_factory.mktemp("tiny_data")
+    for split, n in (("train", 4), ("val", 2)):
+        for sub in ("Color_Images", "Segmentation"):
+            (data / split / sub).mkdir(parents=True)
+        names = sorted((duality_root / split / "Color_Images").iterdir())[:n]
+        for p in names:
+            for sub in ("Color_Images", "Segmentation"):
+                # Symlinks, not copies: the real files stay where they are.
+                (data / split / sub / p.name).symlink_to(duality_root / split / sub / p.name)
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    config = load_config("default", {"model": "unet_mobilenet_v2", "pretrained": False, "size": "128x72", "epochs": 4, "batch_size": 2, "lr": 3e-3, "augment": {}, "loss": "ce", "class_weighting": "none", "scheduler": "none"})
+    train(config, data, out, accelerator="cpu", devices=1, progress=False)
+    assert (out / "best.safetensors").exists()
+    yield out
+    shutil.rmtree(out, ignore_errors=True)

@@ -1,0 +1,41 @@
+import numpy as np
+
+from desertseg.classes import raw_to_index
+from desertseg.data import list_samples, read_image, read_mask
+from desertseg.evaluate import evaluate, write_results
+from desertseg.metrics import confusion_matrix
+from desertseg.predict import Predictor
+
+
+def test_evaluate_is_one_confusion_matrix_at_full_resolution(tiny_run, duality_root, tmp_path):
+    samples, _ = list_samples(duality_root / "val")
+    predictor = Predictor.from_checkpoint(tiny_run / "best.safetensors", device="cpu")
+    result = evaluate(predictor, samples[:3], progress=False)
+    assert result["images"] == 3
+    # Recompute by hand: predictions at 960x540, summed into one matrix.
+    cm = np.zeros((10, 10), np.int64)
+    for s in samples[:3]:
+        pred = predictor.predict(read_image(s.image)).mask
+        assert pred.shape == (540, 960)
+        cm += confusion_matrix(pred, raw_to_index(read_mask(s.mask)))
+    assert result["confusion_matrix"] == cm.tolist()
+    assert result["pixels"] == 3 * 540 * 960  # no unknown ids in these files
+    assert 0 <= result["miou_all"] <= result["miou_present"] <= 1
+    assert result["latency_ms"]["end_to_end_mean"] > result["latency_ms"]["model_mean"] > 0
+    js, md = write_results(result, tmp_path)
+    assert "mIoU, all 10 classes" in md.read_text() and js.exists()
+
+
+def test_predictor_probabilities_and_tta(tiny_run, duality_root):
+    samples, _ = list_samples(duality_root / "val")
+    image = read_image(samples[0].image)
+    plain = Predictor.from_checkpoint(tiny_run / "best.safetensors", device="cpu")
+    p = plain.predict(image, return_probs=True)
+    assert p.probs.shape == (10, 540, 960)
+    assert np.allclose(p.probs.sum(0), 1, atol=1e-4)
+    assert (p.probs.argmax(0) == p.mask).all()
+    tta = Predictor.from_checkpoint(tiny_run / "best.safetensors", device="cpu", flip=True, scales=(0.75, 1.0))
+    a, b = tta.predict(image).mask, tta.predict(image).mask
+    assert a.shape == (540, 960) and (a == b).all()  # deterministic
+    window = Predictor.from_checkpoint(tiny_run / "best.safetensors", device="cpu", sliding_window=True)
+    assert window.predict(image).mask.shape == (540, 960)

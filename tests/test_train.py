@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from desertseg.checkpoint import load_model, read_metadata
+from desertseg.classes import class_table
+from desertseg.train import load_config, parse_override, read_metrics_csv
+
+
+def test_seed_preset_is_the_published_recipe():
+    c = load_config("seed")
+    assert (c.model, c.size, c.loss, c.optimizer, c.lr, c.scheduler, c.step_size, c.gamma, c.batch_size, c.epochs) == (
+        "deeplabv3_resnet50", "256x256", "ce", "adam", 2e-4, "step", 20, 0.1, 8, 40)
+    assert c.augment == {}
+
+
+def test_overrides_and_unknown_keys():
+    key, value = parse_override("augment.hflip=0.25")
+    c = load_config("default", {key: value, "epochs": 3})
+    assert c.augment["hflip"] == 0.25 and "brightness" in c.augment and c.epochs == 3
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_config("seed", {"learning_rate": 1})
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_config("nonexistent")
+
+
+def test_training_smoke_run_writes_everything_and_loss_falls(tiny_run):
+    for name in ("config.json", "metrics.csv", "curves.png", "best.safetensors", "last.safetensors", "checkpoints/last.ckpt"):
+        assert (tiny_run / name).exists(), name
+    rows = [r for r in read_metrics_csv(tiny_run / "metrics.csv") if "train_loss" in r]
+    assert len(rows) == 4
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    meta = read_metadata(tiny_run / "best.safetensors")
+    assert meta["classes"] == class_table() and meta["input_size"] == [72, 128]
+    assert json.loads((tiny_run / "config.json").read_text())["epochs"] == 4
+    model, _ = load_model(tiny_run / "best.safetensors")
+    assert not model.training
+
+
+def test_existing_run_folder_is_not_overwritten(tiny_run, duality_root):
+    from desertseg.train import train
+
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(load_config("default"), duality_root, tiny_run)
