@@ -151,7 +151,16 @@ def weights_fetch(
     typer.echo(f"MobileNetV2 ImageNet weights ready at {path}")
 
 
-# Commands from other modules register below.
+# Commands owned by other modules are registered below, one block each, so that
+# work on one command never touches another's code.
+
+# --- predict (outputs.py, video.py) ---
+
+# --- export / benchmark (export.py, benchmark.py) ---
+
+# --- app (app.py) ---
+
+# --- data tools: download / check-data / split / import-model ---
 
 
 def main() -> None:
