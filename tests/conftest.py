@@ -48,6 +48,11 @@ def tiny_run(duality_root, tmp_path_factory) -> Path:
 
     from desertseg.train import load_config, train
 
+    # Developers may reuse one tiny run across pytest sessions (never in CI).
+    cached = os.environ.get("DESERTSEG_TINY_RUN")
+    if cached and not os.environ.get("CI") and (Path(cached) / "best.safetensors").exists():
+        yield Path(cached)
+        return
     data = tmp_path_factory.mktemp("tiny_data")
     for split, n in (("train", 4), ("val", 2)):
         for sub in ("Color_Images", "Segmentation"):
@@ -57,9 +62,10 @@ def tiny_run(duality_root, tmp_path_factory) -> Path:
             for sub in ("Color_Images", "Segmentation"):
                 # Symlinks, not copies: the real files stay where they are.
                 (data / split / sub / p.name).symlink_to(duality_root / split / sub / p.name)
-    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    out = Path(cached) if cached and not os.environ.get("CI") else tmp_path_factory.mktemp("tiny_run") / "run"
     config = load_config("default", {"model": "unet_mobilenet_v2", "pretrained": False, "size": "128x72", "epochs": 4, "batch_size": 2, "lr": 3e-3, "augment": {}, "loss": "ce", "class_weighting": "none", "scheduler": "none"})
     train(config, data, out, accelerator="cpu", devices=1, progress=False)
     assert (out / "best.safetensors").exists()
     yield out
-    shutil.rmtree(out, ignore_errors=True)
+    if not cached:
+        shutil.rmtree(out, ignore_errors=True)

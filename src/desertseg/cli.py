@@ -86,7 +86,7 @@ def train(
 @app.command()
 def evaluate(
     data: Path = typer.Option(..., help="A split folder (with Color_Images/ and Segmentation/) or a dataset root."),
-    split: Optional[str] = typer.Option(None, help="Split to use under a dataset root: train, val or test."),
+    split: Optional[str] = typer.Option(None, help="Split under a dataset root (train, val, test) or a split file from `desertseg split`."),
     checkpoint: Optional[Path] = typer.Option(None, help="Model file (.safetensors); the bundled default model when omitted."),
     out: Optional[Path] = typer.Option(None, help="Folder for metrics.json and metrics.md."),
     protocol: str = typer.Option("full", help="full: compare at the masks' own resolution; resized: at the model's input size."),
@@ -97,10 +97,10 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N images."),
 ) -> None:
     """Evaluate a model with one confusion matrix over the whole dataset, at full resolution."""
-    from .data import list_samples, resolve_split
+    from .data import find_samples
     from .evaluate import evaluate as run_eval, format_table, write_results
 
-    samples, problems = list_samples(resolve_split(data, split or "val"))
+    samples, problems = find_samples(data, split or "val")
     for p in problems:
         typer.echo(f"warning: {p}", err=True)
     predictor = _predictor(checkpoint, device, flip, scales, sliding_window)

@@ -209,6 +209,16 @@ def list_samples(split_dir: Path | str, require_masks: bool = True) -> tuple[lis
     return samples, problems
 
 
+def find_samples(data: Path | str, split: str | None = None) -> tuple[list[Sample], list[str]]:
+    """Samples of a split: a split name under a dataset root, a split folder, or a split file
+    (``.json``/``.txt``, written by ``desertseg split``). Returns ``(samples, problems)``."""
+    if split and Path(split).suffix.lower() in (".json", ".txt"):
+        from .splits import read_split_file
+
+        return read_split_file(Path(split), Path(data))
+    return list_samples(resolve_split(data, split))
+
+
 def environment(name: str) -> str:
     """Simulated environment of a Duality file from its name prefix (letters + first digit), e.g. 'mt1'."""
     m = re.match(r"([A-Za-z]+)(\d?)", name)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .classes import CLASS_NAMES, NUM_CLASSES
-from .data import SegmentationDataset, list_samples, parse_size, resolve_split
+from .data import SegmentationDataset, find_samples, parse_size
 from .losses import SegmentationLoss, class_weights
 from .metrics import confusion_metric, summarize
 
@@ -238,8 +238,8 @@ def train(
     L.seed_everything(config.seed, workers=True, verbose=False)
 
     size = config.input_size
-    train_samples, problems = list_samples(resolve_split(data, config.train_split))
-    val_samples, vproblems = list_samples(resolve_split(data, config.val_split))
+    train_samples, problems = find_samples(data, config.train_split)
+    val_samples, vproblems = find_samples(data, config.val_split)
     for p in problems + vproblems:
         print(f"warning: {p}")
     train_ds = SegmentationDataset(train_samples, size, TrainTransform(config.augment), cache=config.cache)
