@@ -42,6 +42,8 @@ class DataError(Exception):
 def _open(path: Path) -> Image.Image:
     path = Path(path)
     if not path.is_file():
+        if path.is_symlink() and not path.exists():
+            raise DataError(path, "broken symbolic link or symlink loop")
         raise DataError(path, "file not found" if not path.exists() else "not a regular file")
     if path.stat().st_size == 0:
         raise DataError(path, "file is empty (0 bytes)")
@@ -51,6 +53,8 @@ def _open(path: Path) -> Image.Image:
         raise DataError(path, "not a readable image (unknown or corrupt format)") from None
     except PermissionError:
         raise DataError(path, "permission denied") from None
+    except Image.DecompressionBombError:  # PIL's own cap, far above ours: same answer
+        raise DataError(path, f"image dimensions are over the cap of {MAX_PIXELS:,} pixels (decompression bomb?)") from None
     except OSError as e:
         raise DataError(path, f"cannot open image ({e})") from None
     w, h = img.size
@@ -180,6 +184,20 @@ class Sample:
     mask: Path | None
 
 
+def _by_stem(folder: Path, suffixes: tuple[str, ...], problems: list[str]) -> dict[str, Path]:
+    """Image files of a folder by stem; a second file with the same stem (``a.png``, ``a.jpg``)
+    is reported, not silently swapped in. Sub-folders (and links to them) are skipped."""
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() not in suffixes or p.is_dir():
+            continue
+        if p.stem in found:
+            problems.append(f"{p}: same name as {found[p.stem].name}; skipped (ambiguous pairing)")
+            continue
+        found[p.stem] = p
+    return found
+
+
 def list_samples(split_dir: Path | str, require_masks: bool = True) -> tuple[list[Sample], list[str]]:
     """Pair images with masks by file stem. Returns ``(samples, problems)``.
 
@@ -190,9 +208,9 @@ def list_samples(split_dir: Path | str, require_masks: bool = True) -> tuple[lis
     img_dir, mask_dir = split_dir / IMAGE_DIR, split_dir / MASK_DIR
     if not img_dir.is_dir():
         raise DataError(img_dir, "image folder not found")
-    images = {p.stem: p for p in sorted(img_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() == ".png"} if mask_dir.is_dir() else {}
-    problems = []
+    problems: list[str] = []
+    images = _by_stem(img_dir, IMAGE_SUFFIXES, problems)
+    masks = _by_stem(mask_dir, (".png",), problems) if mask_dir.is_dir() else {}
     if require_masks and not mask_dir.is_dir():
         raise DataError(mask_dir, "mask folder not found")
     for stem in sorted(set(masks) - set(images)):

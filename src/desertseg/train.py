@@ -83,7 +83,8 @@ def load_config(preset: str | Path = "default", overrides: dict | None = None) -
         values = tomllib.load(f)
     for key, value in (overrides or {}).items():
         # Tables merge (augment.hflip=0 changes one key); everything else replaces.
-        values[key] = {**values[key], **value} if isinstance(value, dict) and isinstance(values.get(key), dict) else value
+        merge = isinstance(value, dict) and value and isinstance(values.get(key), dict)
+        values[key] = {**values[key], **value} if merge else value  # augment={} clears the table
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -26,6 +26,7 @@ AUGMENT_KEYS = {
     "contrast": "colour jitter strength for contrast",
     "saturation": "colour jitter strength for saturation",
     "hue": "max hue shift (0..0.5)",
+    "grayscale": "probability of dropping colour (grayscale)",
     "gamma": "[min, max] gamma range",
     "white_balance": "max per-channel gain deviation (e.g. 0.1 = gains in 0.9..1.1)",
     "blur": "probability of a Gaussian blur",
@@ -66,9 +67,10 @@ class TrainTransform:
             joint.append(v2.RandomRotation(a["rotate"], fill={"others": 0, _mask_type(): IGNORE_INDEX}))
         if a.get("hflip"):
             joint.append(v2.RandomHorizontalFlip(a["hflip"]))
-        self.joint = v2.Compose(joint)
+        self.joint = v2.Compose(joint) if joint else None
         cj = {k: a[k] for k in ("brightness", "contrast", "saturation", "hue") if a.get(k)}
         self.color = v2.ColorJitter(**cj) if cj else None
+        self.grayscale = v2.RandomGrayscale(a["grayscale"]) if a.get("grayscale") else None
         self.jpeg = v2.JPEG((30, 90)) if a.get("jpeg") else None
         self.blur = v2.GaussianBlur(5, sigma=(0.1, 1.5)) if a.get("blur") else None
 
@@ -76,12 +78,15 @@ class TrainTransform:
         from torchvision import tv_tensors
 
         a = self.augment
-        image, target = self.joint(tv_tensors.Image(image), tv_tensors.Mask(target))
-        image, target = image.as_subclass(torch.Tensor), target.as_subclass(torch.Tensor)
+        if self.joint is not None:
+            image, target = self.joint(tv_tensors.Image(image), tv_tensors.Mask(target))
+            image, target = image.as_subclass(torch.Tensor), target.as_subclass(torch.Tensor)
         if self.jpeg is not None and torch.rand(()) < a["jpeg"]:
             image = self.jpeg(image)
         if self.color is not None:
             image = self.color(image)
+        if self.grayscale is not None:
+            image = self.grayscale(image)
         x = image.float().div_(255)
         if self.blur is not None and torch.rand(()) < a["blur"]:
             x = self.blur(x)

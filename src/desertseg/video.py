@@ -1,0 +1,137 @@
+"""Video in, overlay video out: every frame segmented, same frame rate and size, plus a CSV of
+per-frame class pixel shares (for example to plot how much of a drive is sky or rocks).
+
+OpenCV (the ``video`` extra) is imported only here, inside the functions, so the rest of the
+package works without it.
+
+Shape: frames are ``(H, W, 3)`` uint8 (OpenCV decodes BGR; the predictor gets RGB); the output
+video is ``W x H`` at the input's frame rate.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import atomic_write
+from .classes import CLASS_NAMES
+from .data import DataError
+
+# Four-character codecs by output container; mp4v is available in every OpenCV build with FFmpeg.
+FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:
+        raise RuntimeError("video needs OpenCV: pip install 'desertseg[video]'") from None
+    return cv2
+
+
+def open_video(path: Path | str):
+    """Open a video for reading; returns ``(capture, fps, (width, height), frame_count_estimate)``."""
+    cv2 = _cv2()
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "video file not found" if not path.exists() else "not a regular file")
+    if path.stat().st_size == 0:
+        raise DataError(path, "video file is empty (0 bytes)")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise DataError(path, "cannot open video (unknown or corrupt format)")
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    if not fps or not np.isfinite(fps) or fps <= 0 or size[0] <= 0 or size[1] <= 0:
+        cap.release()
+        raise DataError(path, f"video has no usable frame rate or size (fps {fps}, {size[0]}x{size[1]}); it is probably corrupt")
+    return cap, float(fps), size, max(count, 0)
+
+
+def predict_video(
+    predictor,
+    video_path: Path | str,
+    out_path: Path | str,
+    csv_path: Path | str | None = None,
+    opacity: float = 0.5,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> dict:
+    """Write an overlay video of ``video_path`` to ``out_path`` (and class shares to ``csv_path``).
+
+    The CSV has one row per frame: ``frame``, ``time_s``, then one column per class name with
+    the share of that frame's pixels predicted as the class. Raises :class:`DataError` naming
+    the file when the video cannot be opened or no frame can be decoded.
+
+    Returns ``{"frames", "fps", "size": (width, height), "video", "csv"}``.
+    """
+    from tqdm import tqdm
+
+    from .visualize import class_shares, overlay
+
+    cv2 = _cv2()
+    video_path, out_path = Path(video_path), Path(out_path)
+    cap, fps, (width, height), estimate = open_video(video_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # The writer picks the container from the file name, so the temp name keeps the suffix.
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=out_path.suffix or ".mp4", dir=out_path.parent)
+    os.close(fd)
+    rows: list[list] = []
+    writer = None
+    try:
+        fourcc = cv2.VideoWriter_fourcc(*FOURCC.get(out_path.suffix.lower(), "mp4v"))
+        writer = cv2.VideoWriter(tmp, fourcc, fps, (width, height))
+        if not writer.isOpened():
+            raise OSError(f"{out_path}: cannot write video (codec {FOURCC.get(out_path.suffix.lower(), 'mp4v')} unavailable in this OpenCV build)")
+
+        def flush(frames: list[np.ndarray]) -> None:
+            preds = predictor.predict_batch(frames)
+            for rgb, pred in zip(frames, preds):
+                writer.write(cv2.cvtColor(overlay(rgb, pred.mask, opacity), cv2.COLOR_RGB2BGR))
+                i = len(rows)
+                rows.append([i, round(i / fps, 4), *(f"{s:.6f}" for s in class_shares(pred.mask))])
+
+        batch: list[np.ndarray] = []
+        with tqdm(total=estimate or None, desc=video_path.name, unit="frame", disable=not progress) as bar:
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                if frame.shape[:2] != (height, width):
+                    raise DataError(video_path, f"frame {len(rows) + len(batch)} is {frame.shape[1]}x{frame.shape[0]}, not {width}x{height}")
+                batch.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+                if len(batch) == batch_size:
+                    flush(batch)
+                    bar.update(len(batch))
+                    batch = []
+            if batch:
+                flush(batch)
+                bar.update(len(batch))
+        if not rows:
+            raise DataError(video_path, "no frame could be decoded; the video is empty or corrupt")
+        writer.release()
+        writer = None
+        os.replace(tmp, out_path)
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+    if csv_path is not None:
+        csv_path = Path(csv_path)
+
+        def write_csv(tmp_csv: Path) -> None:
+            with open(tmp_csv, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["frame", "time_s", *CLASS_NAMES])
+                w.writerows(rows)
+
+        atomic_write(csv_path, write_csv)
+    return {"frames": len(rows), "fps": fps, "size": (width, height), "video": out_path, "csv": csv_path}

@@ -1,0 +1,98 @@
+"""`desertseg predict` on real images: outputs at full size, raw ids that score like Duality's
+masks, bad files reported and skipped, existing output folders protected."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from desertseg.classes import raw_to_index
+from desertseg.data import read_image, read_mask
+from desertseg.outputs import predict_paths
+from desertseg.predict import Predictor
+
+
+@pytest.fixture()
+def inputs(duality_root, tmp_path):
+    """A folder with 3 real val images (symlinks) and one corrupt PNG."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = sorted((duality_root / "val" / "Color_Images").iterdir())[:3]
+    for p in names:
+        (folder / p.name).symlink_to(p)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    return folder, [p.stem for p in names]
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run):
+    return Predictor.from_checkpoint(tiny_run / "best.safetensors", device="cpu")
+
+
+def test_folder_with_a_corrupt_file_writes_the_rest_and_reports_it(predictor, inputs, tmp_path):
+    folder, stems = inputs
+    out = tmp_path / "out"
+    summary = predict_paths(predictor, [folder], out, opacity=0.4, confidence=True, batch_size=2, progress=False)
+    assert summary.written == 3 and not summary.ok
+    assert len(summary.errors) == 1 and "broken.png" in summary.errors[0]
+    for stem in stems:
+        image = read_image(folder / f"{stem}.png")
+        index = np.asarray(Image.open(out / "index" / f"{stem}.png"))
+        assert index.shape == image.shape[:2] == (540, 960) and index.max() < 10
+        color = np.asarray(Image.open(out / "color" / f"{stem}.png"))
+        overlay = np.asarray(Image.open(out / "overlay" / f"{stem}.jpg"))
+        conf = np.asarray(Image.open(out / "confidence" / f"{stem}.png"))
+        assert color.shape == overlay.shape == conf.shape == (540, 960, 3)
+    assert not (out / "index" / "broken.png").exists()
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temp files left behind
+
+
+def test_raw_ids_round_trip_through_the_dataset_reader(predictor, inputs, tmp_path):
+    folder, stems = inputs
+    out = tmp_path / "out"
+    predict_paths(predictor, [folder / f"{stems[0]}.png"], out, progress=False)
+    raw = read_mask(out / "raw" / f"{stems[0]}.png")  # refuses 8-bit or colour masks
+    assert raw.dtype == np.uint16 and raw.max() >= 100
+    index = np.asarray(Image.open(out / "index" / f"{stems[0]}.png"))
+    assert (raw_to_index(raw) == index).all()
+
+
+def test_glob_pattern_and_missing_input(predictor, inputs, tmp_path):
+    folder, stems = inputs
+    summary = predict_paths(predictor, [str(folder / "cc*.png"), tmp_path / "nope.png"], tmp_path / "out", progress=False)
+    assert summary.written == len([s for s in stems if s.startswith("cc")]) > 0
+    assert len(summary.errors) == 1 and "nope.png: file not found" in summary.errors[0]
+
+
+def test_existing_output_folder_is_refused_without_overwrite(predictor, inputs, tmp_path):
+    folder, stems = inputs
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        predict_paths(predictor, [folder / f"{stems[0]}.png"], out, progress=False)
+    summary = predict_paths(predictor, [folder / f"{stems[0]}.png"], out, overwrite=True, progress=False)
+    assert summary.written == 1 and (out / "keep.txt").exists()
+
+
+def _cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "desertseg.cli", "predict", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_cli_exit_code_says_something_failed(tiny_run, inputs, tmp_path):
+    folder, stems = inputs
+    out = tmp_path / "out"
+    ckpt = str(tiny_run / "best.safetensors")
+    r = _cli(str(folder), "--out", str(out), "--checkpoint", ckpt, "--device", "cpu", "--batch-size", "3")
+    assert r.returncode == 1, r.stderr
+    assert "unet_mobilenet_v2" in r.stderr  # the model in use is named
+    assert "broken.png" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.stem for p in (out / "raw").iterdir()) == sorted(stems)
+    r = _cli(str(folder / f"{stems[0]}.png"), "--out", str(out), "--checkpoint", ckpt, "--device", "cpu")
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    r = _cli(str(folder / f"{stems[0]}.png"), "--out", str(out), "--checkpoint", ckpt, "--device", "cpu", "--overwrite")
+    assert r.returncode == 0, r.stderr
