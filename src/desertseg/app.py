@@ -1,0 +1,254 @@
+"""The desertseg dashboard, a Streamlit page: ``desertseg app [--checkpoint FILE]`` starts it.
+
+Upload photos (and optionally their 16-bit ground-truth masks) to see the segmentation, its
+confidence, class shares and, with ground truth, the same scores ``desertseg evaluate`` gives;
+upload a short video for an overlay video. All computing lives in :mod:`desertseg.app_logic`;
+this file only lays out the page. The model loads once per process (``st.cache_resource``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from desertseg import app_logic as logic
+from desertseg.checkpoint import CheckpointError, default_model_path
+from desertseg.classes import CLASSES, colorize
+from desertseg.data import DataError
+
+BUNDLED, PATH, UPLOAD = "Bundled default model", "Model file path (.safetensors or .onnx)", "Upload a model file"
+ERRORS = (DataError, CheckpointError, OSError, ValueError, RuntimeError, KeyError)
+
+
+@st.cache_resource(show_spinner="Loading model ...", max_entries=4)
+def load_predictor(path: str, mtime: float):
+    """One :class:`~desertseg.predict.Predictor` per model file (and version) per process."""
+    from desertseg.predict import Predictor
+
+    return Predictor.from_checkpoint(path)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def decode_image(data: bytes, name: str, max_pixels: int):
+    return logic.load_image(data, name, max_pixels)
+
+
+@st.cache_data(max_entries=64, show_spinner="Segmenting ...")
+def segment(model_key: str, digest: str, _predictor, _image):
+    """Cached per model and image bytes, so moving a slider never re-runs the model."""
+    return logic.segment(_predictor, _image)
+
+
+def model_panel():
+    """Sidebar: choose a model, load it (cached) and show its card. Returns ``(predictor, key)``."""
+    st.sidebar.header("Model")
+    cli_checkpoint = os.environ.get(logic.CHECKPOINT_ENV, "")
+    source = st.sidebar.radio("Model source", [BUNDLED, PATH, UPLOAD], index=1 if cli_checkpoint else 0, key="model_source")
+    if source == PATH:
+        path = st.sidebar.text_input("Model file", value=cli_checkpoint, key="model_path", placeholder="runs/run/best.safetensors or model.onnx").strip()
+        if not path:
+            st.info("Type the path of a model file (.safetensors from `desertseg train`, or .onnx from `desertseg export`) in the sidebar.")
+            return None, None
+    elif source == UPLOAD:
+        up = st.sidebar.file_uploader("Model file", type=["safetensors", "onnx"], key="model_upload")
+        if up is None:
+            st.info("Upload a model file (.safetensors or .onnx) in the sidebar.")
+            return None, None
+        data = up.getvalue()
+        folder = Path(tempfile.gettempdir()) / "desertseg-app-models"
+        folder.mkdir(exist_ok=True)
+        path = str(folder / (hashlib.sha1(data).hexdigest()[:16] + Path(up.name).suffix.lower()))
+        if not Path(path).exists():
+            Path(path).write_bytes(data)
+    else:
+        path = str(default_model_path())
+        if not Path(path).is_file():
+            st.error(
+                f"The bundled default model is not installed ({path} is missing). Start the dashboard with "
+                "`desertseg app --checkpoint FILE`, or choose 'Model file path' in the sidebar and type the path of a trained model."
+            )
+            return None, None
+    p = Path(path).expanduser()
+    if not p.is_file():
+        st.error(f"Model file not found: {p}")
+        return None, None
+    mtime = p.stat().st_mtime
+    try:
+        predictor = load_predictor(str(p.resolve()), mtime)
+    except Exception as e:  # any failure to load is shown, never raised
+        st.error(f"Cannot load the model: {e}")
+        return None, None
+    card = logic.model_card(predictor.metadata)
+    st.sidebar.success(f"{card['model']} · input {card['input size (W x H)']} · {logic.device_name(predictor)}")
+    with st.sidebar.expander("Model card"):
+        st.json(card, expanded=1)
+    return predictor, f"{p.resolve()}:{mtime}"
+
+
+def display_panel():
+    """Sidebar: opacity and the classes drawn, beside a colour legend."""
+    from desertseg.visualize import legend_image
+
+    st.sidebar.header("Display")
+    opacity = st.sidebar.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="opacity")
+    st.sidebar.image(legend_image(), caption="Class colours (raw id in the masks)")
+    visible = [c.index for c in CLASSES if st.sidebar.checkbox(f"Show {c.name}", value=True, key=f"show_{c.index}")]
+    return opacity, visible
+
+
+def read_uploads(files, gt_files):
+    """Decode uploads; bad files become messages. Returns ``[(name, bytes, image, target|None)]``."""
+    items = []
+    for f in files:
+        data = f.getvalue()
+        try:
+            image, notes = decode_image(data, f.name, logic.app_max_pixels())
+        except DataError as e:
+            st.error(str(e))
+            continue
+        for n in notes:
+            st.warning(n)
+        items.append([f.name, data, image, None])
+    gts = {g.name: g for g in gt_files}
+    pairs, notes = logic.pair_masks([it[0] for it in items], list(gts))
+    for n in notes:
+        st.warning(n)
+    for it in items:
+        if it[0] in pairs:
+            g = gts[pairs[it[0]]]
+            try:
+                it[3], mask_notes = logic.load_mask(g.getvalue(), g.name, it[2].shape[:2])
+                for n in mask_notes:
+                    st.warning(n)
+            except DataError as e:
+                st.error(str(e))
+    return items
+
+
+def colour_table(rows: list[dict]):
+    """A table of per-class rows with a swatch of each class's colour in front."""
+    import pandas as pd
+
+    colours = {c.name: "rgb({}, {}, {})".format(*c.color) for c in CLASSES}
+    df = pd.DataFrame(rows)
+    df.insert(0, "colour", "")
+    return df.style.apply(lambda col: [f"background-color: {colours[n]}" for n in df["class"]], subset=["colour"])
+
+
+def show_image(name, image, seg, target, opacity, visible):
+    """Everything about one image: overlay, confidence, shares, downloads and ground-truth scores."""
+    from desertseg.visualize import confidence_image, error_map, overlay
+
+    stem = Path(name).stem
+    h, w = image.shape[:2]
+    st.subheader(name)
+    st.markdown(f"**Inference time: {seg.seconds * 1000:.0f} ms** on {seg.device} · {w}x{h} pixels")
+    over = overlay(image, seg.mask, opacity, visible)
+    c1, c2 = st.columns(2)
+    c1.image(image, caption="Original", width="stretch")
+    c2.image(over, caption=f"Overlay (opacity {opacity:.2f})", width="stretch")
+    d1, d2, d3 = st.columns(3)
+    d1.download_button("Raw-id mask (16-bit PNG)", lambda: logic.raw_mask_png(seg.mask), f"{stem}_mask_raw.png", "image/png", key=f"dl_raw_{name}", on_click="ignore")
+    d2.download_button("Colour mask (PNG)", lambda: logic.color_mask_png(seg.mask), f"{stem}_mask_color.png", "image/png", key=f"dl_color_{name}", on_click="ignore")
+    d3.download_button("Overlay (PNG)", lambda: logic.png_bytes(over), f"{stem}_overlay.png", "image/png", key=f"dl_overlay_{name}", on_click="ignore")
+    c3, c4 = st.columns(2)
+    c3.image(confidence_image(seg.confidence), caption=f"Confidence: probability of the predicted class, dark purple 0% to yellow 100% (mean {seg.confidence.mean():.1%})", width="stretch")
+    with c4:
+        st.markdown("**Predicted class shares**")
+        st.table(colour_table(logic.share_rows(seg.mask)), hide_index=True)
+    if target is None:
+        st.caption("Upload this image's ground-truth mask (16-bit PNG, same file name) to see scores.")
+        return
+    s = logic.score(seg.mask, target)
+    st.markdown("#### Against ground truth")
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Pixel accuracy", f"{s['pixel_accuracy']:.2%}")
+    m2.metric(f"mIoU, all {len(CLASSES)} classes", f"{s['miou_all']:.4f}")
+    m3.metric(f"mIoU, {s['num_present']} classes present", f"{s['miou_present']:.4f}")
+    c5, c6 = st.columns(2)
+    c5.image(colorize(target), caption="Ground truth", width="stretch")
+    c6.image(error_map(seg.mask, target), caption="Errors: green correct, red wrong, black ignored", width="stretch")
+    st.markdown("**Per-class scores** (one confusion matrix over this image's pixels, as `desertseg evaluate`)")
+    st.table(colour_table(logic.metrics_rows(s)), hide_index=True)
+
+
+def images_tab(predictor, model_key, opacity, visible):
+    files = st.file_uploader("Images (PNG or JPG)", type=["png", "jpg", "jpeg"], accept_multiple_files=True, key="images")
+    gt_files = st.file_uploader("Ground-truth masks, optional (16-bit PNG of raw class ids, same file names as the images)", type=["png"], accept_multiple_files=True, key="masks")
+    if not files:
+        st.info(f"Upload one or more photos to segment them (up to {logic.app_max_pixels():,} pixels each).")
+        return
+    items = read_uploads(files, gt_files or [])
+    results = []
+    for name, data, image, target in items:
+        try:
+            results.append((name, image, segment(model_key, hashlib.sha1(data).hexdigest(), predictor, image), target))
+        except ERRORS as e:
+            st.error(f"{name}: cannot segment ({e})")
+    if not results:
+        return
+    if len(results) > 1:
+        rows = [{"image": n, "size": f"{im.shape[1]}x{im.shape[0]}", "inference ms": f"{sg.seconds * 1000:.0f}", "mIoU (present)": f"{logic.score(sg.mask, t)['miou_present']:.4f}" if t is not None else "-"} for n, im, sg, t in results]
+        st.table(rows, hide_index=True)
+        choice = st.selectbox("Image to inspect", [r[0] for r in results], key="inspect")
+        results = [r for r in results if r[0] == choice]
+    name, image, seg, target = results[0]
+    show_image(name, image, seg, target, opacity, visible)
+
+
+def video_tab(predictor, model_key, opacity):
+    up = st.file_uploader("A short video (MP4, AVI, MOV, MKV or WebM)", type=["mp4", "avi", "mov", "mkv", "webm"], key="video")
+    if up is None:
+        st.info(f"Upload a short video (up to {logic.app_max_frames():,} frames) to get an overlay video and per-frame class shares.")
+        return
+    data = up.getvalue()
+    key = f"{model_key}:{hashlib.sha1(data).hexdigest()}:{opacity}"
+    if st.button("Segment video", key="run_video"):
+        bar = st.progress(0.0, text="Segmenting frames ...")
+
+        def progress(done, total):
+            bar.progress(min(1.0, done / total) if total else 0.0, text=f"Segmenting frames: {done}" + (f" of {total}" if total else ""))
+
+        try:
+            with tempfile.TemporaryDirectory(prefix="desertseg-video-") as tmp:
+                r = logic.video_overlay(predictor, data, up.name, Path(tmp), opacity, progress)
+                st.session_state["video_result"] = {
+                    "key": key, "frames": r["frames"], "fps": r["fps"], "seconds": r["seconds"],
+                    "mp4": r["mp4"].read_bytes(), "csv": r["csv"].read_bytes(),
+                    "webm": r["webm"].read_bytes() if r["webm"] else None,
+                }
+        except ERRORS as e:
+            st.error(str(e))
+            return
+    res = st.session_state.get("video_result")
+    if not res or res["key"] != key:
+        return
+    st.success(f"{res['frames']} frames at {res['fps']:.1f} fps segmented in {res['seconds']:.1f} s")
+    if res["webm"]:
+        st.video(res["webm"], format="video/webm")
+    stem = Path(up.name).stem
+    v1, v2 = st.columns(2)
+    v1.download_button("Overlay video (MP4)", res["mp4"], f"{stem}_overlay.mp4", "video/mp4", key="dl_video", on_click="ignore")
+    v2.download_button("Class shares per frame (CSV)", res["csv"], f"{stem}_class_shares.csv", "text/csv", key="dl_csv", on_click="ignore")
+
+
+def main() -> None:
+    st.set_page_config(page_title="desertseg", layout="wide")
+    st.title("desertseg: off-road desert terrain segmentation")
+    predictor, model_key = model_panel()
+    opacity, visible = display_panel()
+    if predictor is None:
+        return
+    tab_images, tab_video = st.tabs(["Images", "Video"])
+    with tab_images:
+        images_tab(predictor, model_key, opacity, visible)
+    with tab_video:
+        video_tab(predictor, model_key, opacity)
+
+
+if __name__ == "__main__":
+    main()
