@@ -96,3 +96,21 @@ def test_cli_exit_code_says_something_failed(tiny_run, inputs, tmp_path):
     assert r.returncode == 2 and "--overwrite" in r.stderr
     r = _cli(str(folder / f"{stems[0]}.png"), "--out", str(out), "--checkpoint", ckpt, "--device", "cpu", "--overwrite")
     assert r.returncode == 0, r.stderr
+
+
+def test_coarse_view_and_cost_map_follow_the_class_table(predictor, inputs, tmp_path):
+    from desertseg.coarse import COST_LUT, to_groups
+
+    folder, stems = inputs
+    out = tmp_path / "out"
+    summary = predict_paths(predictor, [folder / f"{stems[0]}.png"], out, coarse=True, cost=True, progress=False)
+    assert summary.ok and summary.written == 1
+    index = np.asarray(Image.open(out / "index" / f"{stems[0]}.png"))
+    cost = np.asarray(Image.open(out / "cost" / f"{stems[0]}.png"))
+    assert cost.dtype == np.uint8 and (cost == COST_LUT[index]).all()
+    coarse = np.asarray(Image.open(out / "coarse" / f"{stems[0]}.png"))
+    assert coarse.shape == (*index.shape, 3)
+    # Pixels of one coarse group share one colour.
+    groups = to_groups(index)
+    for g in np.unique(groups):
+        assert len(np.unique(coarse[groups == g], axis=0)) == 1

@@ -8,6 +8,8 @@ folder::
     color/<stem>.png       class colours from the class table
     overlay/<stem>.jpg     colours blended over the photo
     confidence/<stem>.png  probability of the predicted class (optional)
+    coarse/<stem>.png      coarse groups (sky / vegetation / ground / obstacle), coloured (optional)
+    cost/<stem>.png        8-bit traversability cost map, costs per class in coarse.py (optional)
 
 Videos go to ``video/<stem>.mp4`` plus ``video/<stem>_class_shares.csv`` (see :mod:`desertseg.video`).
 A bad file is reported in the returned :class:`Summary` and skipped; the rest finish.
@@ -31,7 +33,7 @@ from .classes import colorize, index_to_raw
 from .data import IMAGE_SUFFIXES, DataError, read_image
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
-SUBFOLDERS = ("index", "raw", "color", "overlay", "confidence", "video")
+SUBFOLDERS = ("index", "raw", "color", "overlay", "confidence", "coarse", "cost", "video")
 
 
 @dataclass
@@ -122,8 +124,8 @@ def _save(array: np.ndarray, path: Path, fmt: str, **kwargs) -> None:
     atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **kwargs))
 
 
-def write_outputs(out_dir: Path, name: str, image: np.ndarray, mask: np.ndarray, opacity: float = 0.5, confidence: np.ndarray | None = None) -> None:
-    """Write one image's index, raw-id, colour, overlay (and confidence) files."""
+def write_outputs(out_dir: Path, name: str, image: np.ndarray, mask: np.ndarray, opacity: float = 0.5, confidence: np.ndarray | None = None, coarse: bool = False, cost: bool = False) -> None:
+    """Write one image's index, raw-id, colour, overlay (and confidence, coarse, cost) files."""
     from .visualize import confidence_image, overlay
 
     out_dir = Path(out_dir)
@@ -134,6 +136,13 @@ def write_outputs(out_dir: Path, name: str, image: np.ndarray, mask: np.ndarray,
     _save(overlay(image, mask, opacity), out_dir / "overlay" / f"{name}.jpg", "JPEG", quality=92)
     if confidence is not None:
         _save(confidence_image(confidence), out_dir / "confidence" / f"{name}.png", "PNG")
+    if coarse or cost:
+        from .coarse import colorize_groups, cost_map, to_groups
+
+        if coarse:
+            _save(colorize_groups(to_groups(mask)), out_dir / "coarse" / f"{name}.png", "PNG")
+        if cost:
+            _save(cost_map(mask), out_dir / "cost" / f"{name}.png", "PNG")
 
 
 def predict_paths(
@@ -145,6 +154,8 @@ def predict_paths(
     batch_size: int = 4,
     overwrite: bool = False,
     progress: bool = True,
+    coarse: bool = False,
+    cost: bool = False,
 ) -> Summary:
     """Segment every image and video in ``inputs`` with ``predictor`` and write the outputs.
 
@@ -155,6 +166,7 @@ def predict_paths(
         opacity: colour opacity of overlays, in [0, 1].
         confidence: also write confidence maps (needs probabilities: slower, more memory).
         batch_size: images per forward pass.
+        coarse: also write the coarse-group view; cost: also write traversability cost maps.
 
     Returns a :class:`Summary`; inputs that could not be read are listed in ``errors``.
     """
@@ -183,7 +195,7 @@ def predict_paths(
                 continue
             preds = predictor.predict_batch([im for _, im in batch], return_probs=confidence)
             for (name, image), pred in zip(batch, preds):
-                write_outputs(out_dir, name, image, pred.mask, opacity, pred.confidence if confidence else None)
+                write_outputs(out_dir, name, image, pred.mask, opacity, pred.confidence if confidence else None, coarse, cost)
                 summary.written += 1
                 bar.update(1)
 
