@@ -250,7 +250,9 @@ class SegmentationDataset:
     long tensor ``(H, W)`` of class indices with ``IGNORE_INDEX`` for unknown ids.
     Images and masks are first resized to ``size`` = (H, W) (masks with nearest only), and
     those resized arrays are kept in memory when ``cache`` is true (the full 960x540
-    decode dominates the data path otherwise).
+    decode dominates the data path otherwise). ``cache_dir`` adds an on-disk cache of the
+    resized arrays (:class:`desertseg.cache.SampleCache`), shared by DataLoader workers,
+    DDP ranks and later runs, and invalidated when a source file changes.
     """
 
     def __init__(
@@ -259,11 +261,17 @@ class SegmentationDataset:
         size: tuple[int, int] | None,
         transform: Callable | None = None,
         cache: bool = False,
+        cache_dir: Path | str | None = None,
     ):
         self.samples = list(samples)
         self.size = size
         self.transform = transform
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+        self._disk = None
+        if cache_dir is not None:
+            from .cache import SampleCache
+
+            self._disk = SampleCache(cache_dir, size)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -273,6 +281,11 @@ class SegmentationDataset:
         if self._cache is not None and i in self._cache:
             return self._cache[i]
         s = self.samples[i]
+        hit = self._disk.get(s.image, s.mask) if self._disk is not None else None
+        if hit is not None:
+            if self._cache is not None:
+                self._cache[i] = hit
+            return hit
         image = read_image(s.image)
         target = raw_to_index(read_mask(s.mask))
         if image.shape[:2] != target.shape:
@@ -280,6 +293,8 @@ class SegmentationDataset:
         if self.size is not None and image.shape[:2] != tuple(self.size):
             image = resize_image(image, self.size)
             target = resize_mask(target, self.size)
+        if self._disk is not None:
+            self._disk.put(s.image, s.mask, image, target)
         if self._cache is not None:
             self._cache[i] = (image, target)
         return image, target
