@@ -29,7 +29,7 @@ def test_shared_data_is_clean_with_expected_counts(duality_root, unseen_dir):
     train = by_name["Offroad_Segmentation_Training_Dataset/train"]
     assert train["image_sizes"] == {"960x540": 100} and train["image_modes"] == {"RGB": 100} and train["mask_modes"] == {"I;16": 100}
     assert by_name["Offroad_Segmentation_testImages"]["environments"] == {"w0": 30}
-    assert set(train["environments"]) == {"cc0", "mt0", "mt1"} and sum(train["environments"].values()) == 100
+    assert set(train["environments"]) == {"cc", "mt0", "mt1"} and sum(train["environments"].values()) == 100
     # Class shares of val, recomputed here independently from the raw masks.
     counts = {c.raw_id: 0 for c in CLASSES}
     for m in sorted((duality_root / "val" / "Segmentation").iterdir()):

@@ -96,4 +96,4 @@ def test_parse_size_and_environment():
     assert parse_size("480x272") == (272, 480)
     with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
         parse_size("480")
-    assert [environment(n) for n in ("cc0000032", "mt0000015", "mt10000000", "w0000002")] == ["cc0", "mt0", "mt1", "w0"]
+    assert [environment(n) for n in ("cc0000032", "mt0000015", "mt10000000", "w0000002")] == ["cc", "mt0", "mt1", "w0"]

@@ -37,10 +37,10 @@ def test_letters_only_environment_matches_every_digit_variant():
 def test_train_envs_restrict_training_and_overlap_is_refused(duality_root):
     splits, _ = make_splits(duality_root, ["mt1"], ["cc"])
     assert {environment(s.name) for s in splits["val"]} == {"mt1"}
-    assert {environment(s.name) for s in splits["train"]} == {"cc0"}
+    assert {environment(s.name) for s in splits["train"]} == {"cc"}
     with pytest.raises(ValueError, match="both train and val"):
         make_splits(duality_root, ["mt"], ["mt1"])
-    with pytest.raises(ValueError, match=r"no samples of environment 'w0'.*found: cc0, mt0, mt1"):
+    with pytest.raises(ValueError, match=r"no samples of environment 'w0'.*found: cc, mt0, mt1"):
         make_splits(duality_root, ["w0"])
 
 

@@ -11,13 +11,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .classes import class_table
-from .transforms import MEAN, STD
+
+if TYPE_CHECKING:  # torch is imported lazily so that light commands start fast
+    from torch import nn
 
 FORMAT = "desertseg/1"
 META_KEY = "desertseg"
@@ -32,6 +32,8 @@ class CheckpointError(Exception):
 
 
 def make_metadata(model_name: str, input_size: tuple[int, int], config: dict | None = None, metrics: dict | None = None, **extra) -> dict:
+    from .transforms import MEAN, STD
+
     return {
         "format": FORMAT,
         "model": model_name,

@@ -237,10 +237,22 @@ def find_samples(data: Path | str, split: str | None = None) -> tuple[list[Sampl
     return list_samples(resolve_split(data, split))
 
 
+# Environments of the published dataset, as Duality names them (longest prefix wins).
+KNOWN_ENVIRONMENTS = ("cc", "mt0", "mt1", "w0", "ww1")
+
+
 def environment(name: str) -> str:
-    """Simulated environment of a Duality file from its name prefix (letters + first digit), e.g. 'mt1'."""
-    m = re.match(r"([A-Za-z]+)(\d?)", name)
-    return (m.group(1) + m.group(2)).lower() if m else "unknown"
+    """Simulated environment of a Duality file from its name prefix, e.g. 'mt1' for mt10000000.
+
+    Known prefixes (cc, mt0, mt1, w0, ww1) are matched first; other names fall back to their
+    leading letters plus the first digit.
+    """
+    lower = name.lower()
+    for env in sorted(KNOWN_ENVIRONMENTS, key=len, reverse=True):
+        if lower.startswith(env):
+            return env
+    m = re.match(r"([a-z]+)(\d?)", lower)
+    return m.group(1) + m.group(2) if m else "unknown"
 
 
 class SegmentationDataset:
