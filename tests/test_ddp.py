@@ -1,0 +1,78 @@
+"""A real two-process DDP training on CPU (gloo), started by the command line exactly as a user
+would (``--strategy ddp --devices 2``: Lightning launches the second process), whose summed
+validation confusion matrix must equal a one-process evaluation of the saved weights.
+
+Three validation images on two processes: the shards differ in size, so a padded
+DistributedSampler (which repeats an image) or per-rank averaging would both be caught.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from desertseg.checkpoint import load_model
+from desertseg.data import SegmentationDataset, find_samples
+from desertseg.metrics import confusion_matrix, summarize
+from desertseg.train import read_metrics_csv
+from desertseg.transforms import eval_transform
+
+W, H, N_VAL = 64, 36, 3
+
+
+def _link_subset(root: Path, dest: Path, counts: dict[str, int]) -> Path:
+    for split, n in counts.items():
+        for sub in ("Color_Images", "Segmentation"):
+            (dest / split / sub).mkdir(parents=True)
+        for p in sorted((root / split / "Color_Images").iterdir())[:n]:
+            for sub in ("Color_Images", "Segmentation"):
+                (dest / split / sub / p.name).symlink_to(root / split / sub / p.name)
+    return dest
+
+
+def test_two_process_ddp_training_matches_one_process_evaluation(duality_root, tmp_path):
+    data = _link_subset(duality_root, tmp_path / "data", {"train": 4, "val": N_VAL})
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "desertseg.cli", "train", "--data", str(data), "--out", str(out),
+        "--preset", "seed", "--model", "unet_mobilenet_v2", "--set", "pretrained=false", "--size", f"{W}x{H}",
+        "--epochs", "2", "--batch-size", "1", "--lr", "0.003", "--workers", "0",
+        "--strategy", "ddp", "--devices", "2", "--accelerator", "cpu", "--cache-dir", str(tmp_path / "cache"),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "Starting with 2 processes" in log and "distributed_backend=gloo" in log
+
+    # Both processes filled one shared on-disk cache (atomic writes): one entry per image.
+    assert len(list((tmp_path / "cache" / f"{W}x{H}").glob("*.npy"))) == 4 + N_VAL
+
+    doc = json.loads((out / "val_confusion.json").read_text())
+    assert (doc["epoch"], doc["world_size"]) == (1, 2)
+    ddp_cm = np.array(doc["confusion_matrix"], dtype=np.int64)
+
+    # One process, the same weights (last.safetensors = the weights of the last validation),
+    # the same val images decoded and resized without the cache, one image at a time.
+    model, meta = load_model(out / "last.safetensors")
+    assert meta["input_size"] == [H, W]
+    samples, _ = find_samples(data, "val")
+    ds = SegmentationDataset(samples, (H, W), eval_transform)
+    cm = np.zeros_like(ddp_cm)
+    with torch.no_grad():
+        for i in range(len(ds)):
+            image, target = ds[i]
+            cm += confusion_matrix(model(image[None]).argmax(1), target[None])
+
+    assert cm.sum() == N_VAL * W * H  # every val image counted exactly once (no ignored pixels here)
+    np.testing.assert_array_equal(ddp_cm, cm)
+    rows = read_metrics_csv(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert rows[-1]["val_miou"] == pytest.approx(summarize(cm)["miou_all"], abs=1e-6)
