@@ -102,7 +102,8 @@ def main() -> None:
     import torch
 
     from desertseg.data import SegmentationDataset, find_samples
-    from desertseg.train import load_config, resolve_workers
+    from desertseg.engine import resolve_workers
+    from desertseg.train import load_config
     from desertseg.transforms import TrainTransform
 
     config = load_config(args.preset, {"size": args.size} if args.size else None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import desertseg.train as T
+import desertseg.engine as T
+from desertseg.engine import TrainingDiverged
 from desertseg.losses import SegmentationLoss
-from desertseg.train import TrainingDiverged, load_config, read_metrics_csv, train
+from desertseg.train import load_config, read_metrics_csv, train
 
 TINY = {"model": "unet_mobilenet_v2", "pretrained": False, "size": "64x36", "batch_size": 2, "lr": 3e-3, "augment": {},
         "loss": "ce", "class_weighting": "none", "scheduler": "none", "num_workers": 0}
@@ -100,7 +102,7 @@ def test_nearly_full_disk_fails_before_training(tiny_data, tmp_path, monkeypatch
     import lightning
 
     monkeypatch.setattr(lightning, "Trainer", lambda *a, **k: pytest.fail("training started"))
-    monkeypatch.setattr(T.shutil, "disk_usage", lambda p: type("U", (), {"free": 10 * 2**20})())
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: type("U", (), {"free": 10 * 2**20})())
     with pytest.raises(OSError, match="only 10 MiB free"):
         train(load_config("default", {**TINY, "epochs": 1}), tiny_data, tmp_path / "run", accelerator="cpu", devices=1, progress=False)
 

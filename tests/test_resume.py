@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from desertseg.train import EpochShardSampler, atomic_checkpoint_io, read_metrics_csv, rng_state, set_rng_state
+from desertseg.engine import EpochShardSampler, atomic_checkpoint_io, rng_state, set_rng_state
+from desertseg.train import read_metrics_csv
 
 TOL = 1e-6
 EPOCHS = 4
