@@ -235,3 +235,14 @@ def test_app_command_refuses_a_missing_checkpoint(tmp_path):
     result = CliRunner().invoke(cli, ["app", "--checkpoint", str(tmp_path / "none.safetensors"), "--port", "1"])
     assert result.exit_code == 2
     assert "none.safetensors: model file not found" in result.output
+
+
+def test_robot_view_shows_coarse_groups_and_cost_map(app, sample):
+    upload(app, (sample.image.name, sample.image.read_bytes()))
+    captions = [c for img in app.get("image") for c in img.captions]
+    assert not any(c.startswith("Traversability cost") for c in captions)
+    app.checkbox(key="robot_view").check().run()
+    assert not app.exception, app.exception
+    captions = [c for img in app.get("image") for c in img.captions]
+    assert any(c.startswith("Coarse groups") for c in captions)
+    assert any(c.startswith("Traversability cost") for c in captions)

@@ -97,7 +97,8 @@ def display_panel():
     opacity = st.sidebar.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="opacity")
     st.sidebar.image(legend_image(), caption="Class colours (raw id in the masks)")
     visible = [c.index for c in CLASSES if st.sidebar.checkbox(f"Show {c.name}", value=True, key=f"show_{c.index}")]
-    return opacity, visible
+    robot = st.sidebar.checkbox("Coarse groups and traversability cost", value=False, key="robot_view", help="What a robot cares about: sky, vegetation, traversable ground, obstacles, and a cost per pixel.")
+    return opacity, visible, robot
 
 
 def read_uploads(files, gt_files):
@@ -139,7 +140,7 @@ def colour_table(rows: list[dict]):
     return df.style.apply(lambda col: [f"background-color: {colours[n]}" for n in df["class"]], subset=["colour"])
 
 
-def show_image(name, image, seg, target, opacity, visible):
+def show_image(name, image, seg, target, opacity, visible, robot=False):
     """Everything about one image: overlay, confidence, shares, downloads and ground-truth scores."""
     from desertseg.visualize import confidence_image, error_map, overlay
 
@@ -160,6 +161,12 @@ def show_image(name, image, seg, target, opacity, visible):
     with c4:
         st.markdown("**Predicted class shares**")
         st.table(colour_table(logic.share_rows(seg.mask)), hide_index=True)
+    if robot:
+        from desertseg.coarse import colorize_groups, cost_map, to_groups
+
+        r1, r2 = st.columns(2)
+        r1.image(colorize_groups(to_groups(seg.mask)), caption="Coarse groups: sky, tall vegetation, low vegetation, traversable ground, obstacle", width="stretch")
+        r2.image(cost_map(seg.mask), caption="Traversability cost: black free (0) ... white lethal (254) or no information (255)", width="stretch", clamp=True)
     if target is None:
         st.caption("Upload this image's ground-truth mask (16-bit PNG, same file name) to see scores.")
         return
@@ -176,7 +183,7 @@ def show_image(name, image, seg, target, opacity, visible):
     st.table(colour_table(logic.metrics_rows(s)), hide_index=True)
 
 
-def images_tab(predictor, model_key, opacity, visible):
+def images_tab(predictor, model_key, opacity, visible, robot=False):
     files = st.file_uploader("Images (PNG or JPG)", type=["png", "jpg", "jpeg"], accept_multiple_files=True, key="images")
     gt_files = st.file_uploader("Ground-truth masks, optional (16-bit PNG of raw class ids, same file names as the images)", type=["png"], accept_multiple_files=True, key="masks")
     if not files:
@@ -197,7 +204,7 @@ def images_tab(predictor, model_key, opacity, visible):
         choice = st.selectbox("Image to inspect", [r[0] for r in results], key="inspect")
         results = [r for r in results if r[0] == choice]
     name, image, seg, target = results[0]
-    show_image(name, image, seg, target, opacity, visible)
+    show_image(name, image, seg, target, opacity, visible, robot)
 
 
 def video_tab(predictor, model_key, opacity):
@@ -240,12 +247,12 @@ def main() -> None:
     st.set_page_config(page_title="desertseg", layout="wide")
     st.title("desertseg: off-road desert terrain segmentation")
     predictor, model_key = model_panel()
-    opacity, visible = display_panel()
+    opacity, visible, robot = display_panel()
     if predictor is None:
         return
     tab_images, tab_video = st.tabs(["Images", "Video"])
     with tab_images:
-        images_tab(predictor, model_key, opacity, visible)
+        images_tab(predictor, model_key, opacity, visible, robot)
     with tab_video:
         video_tab(predictor, model_key, opacity)
 

@@ -213,13 +213,14 @@ def predict(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
     overwrite: bool = typer.Option(False, help="Write into an output folder that already holds files, replacing files of the same name."),
     coarse: bool = typer.Option(False, help="Also write the coarse-group view (sky, tall and low vegetation, traversable ground, obstacle)."),
+    backend: str = typer.Option("auto", help="Inference backend: auto (onnxruntime on CPU when an ONNX export of the model is present, else PyTorch), torch or onnx."),
     cost_map: bool = typer.Option(False, help="Also write an 8-bit traversability cost map per image (0 free ... 254 lethal, 255 unknown; costs per class in desertseg.coarse)."),
 ) -> None:
     """Segment images and videos: class-index, raw-id, colour, overlay and confidence masks at each image's own size, overlay videos with per-frame class shares."""
     from .outputs import check_out_dir, predict_paths
 
     check_out_dir(out, overwrite)
-    predictor = _predictor(checkpoint, device, flip, scales, sliding_window)
+    predictor = _predictor(checkpoint, device, flip, scales, sliding_window, backend)
     typer.echo(f"Model: {predictor.name} on {predictor.device}", err=True)
     summary = predict_paths(predictor, inputs, out, opacity=opacity, confidence=confidence, batch_size=batch_size, overwrite=overwrite, coarse=coarse, cost=cost_map)
     typer.echo(f"Wrote outputs of {summary.written} images and {summary.videos} videos to {out}")
