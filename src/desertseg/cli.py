@@ -293,7 +293,7 @@ def benchmark(
     from .benchmark import default_images_dir, find_images, format_table, run_benchmark
     from .checkpoint import atomic_write
     from .data import parse_size
-    from .predict import check_backend
+    from .runtime import check_backend
 
     backends = [check_backend(b) for b in _csv(backend, str, "backend")]
     batches = _csv(batch, int, "batch")

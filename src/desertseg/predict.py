@@ -15,9 +15,7 @@ Shape:
 
 from __future__ import annotations
 
-import copy
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -27,11 +25,17 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import default_model_path, load_model
-from .transforms import normalize
-
-BACKENDS = ("auto", "torch", "onnx")
-# bf16 autocast must agree with float32 on this share of pixels to be used.
-BF16_MIN_AGREEMENT = 0.999
+from .runtime import (  # noqa: F401
+    BACKENDS,
+    OnnxRunner,
+    TorchRunner,
+    _has_onnxruntime,
+    _is_session,
+    _resize,
+    check_backend,
+    pick_device,
+    upsample_argmax,
+)
 
 
 @dataclass
@@ -56,107 +60,6 @@ class Timing:
     postprocess: float = 0.0
     images: int = 0
     per_image: list = field(default_factory=list)
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
-    return backend
-
-
-def _is_session(model) -> bool:
-    return hasattr(model, "run") and hasattr(model, "get_inputs")
-
-
-def fuse_conv_bn(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of an eval-mode ``model`` with each Conv2d -> BatchNorm2d pair (consecutive
-    children of one module, as in smp and torchvision ``Sequential`` blocks) folded into one
-    conv: the same function with one memory pass fewer per block."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    model = copy.deepcopy(model).eval()
-    for module in model.modules():
-        names = list(module._modules)
-        for a, b in zip(names, names[1:]):
-            conv, bn = module._modules[a], module._modules[b]
-            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d) and bn.track_running_stats and bn.running_mean is not None:
-                module._modules[a] = fuse_conv_bn_eval(conv, bn)
-                module._modules[b] = torch.nn.Identity()
-    return model
-
-
-class TorchRunner:
-    """Eager PyTorch: ``(N, 3, h, w)`` float in [0, 1] -> ``(N, C, h, w)`` float32 logits.
-
-    ``bf16``: autocast to bfloat16, kept only if on the first batch it agrees with float32
-    on >= 99.9% of pixels and (on CPU) is faster; otherwise a warning says why it is off.
-    ``compile``: ``torch.compile`` the network on first use (slow start, may be faster).
-    """
-
-    name = "torch"
-
-    def __init__(self, model: torch.nn.Module, device: torch.device, bf16: bool = False, compile: bool = False):
-        self.device = device
-        self.net = fuse_conv_bn(model).to(device)
-        self.channels_last = True
-        self.net = self.net.to(memory_format=torch.channels_last)
-        self.bf16 = bf16
-        self._bf16_checked = not bf16
-        if compile:
-            try:
-                self.net = torch.compile(self.net, dynamic=True)
-            except Exception as e:  # no compiler toolchain: stay eager
-                warnings.warn(f"torch.compile unavailable ({type(e).__name__}: {e}); running eager", stacklevel=2)
-
-    def _forward(self, x: torch.Tensor, bf16: bool) -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            return self.net(x).float()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = normalize(x.to(self.device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
-        if not self._bf16_checked:
-            return self._check_bf16(x)
-        return self._forward(x, self.bf16)
-
-    def _check_bf16(self, x: torch.Tensor) -> torch.Tensor:
-        self._bf16_checked = True
-        timings = {}
-        outs = {}
-        for use in (False, True, False, True):  # the first pass of each warms up
-            t0 = time.perf_counter()
-            outs[use] = self._forward(x, use)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            timings[use] = time.perf_counter() - t0
-        agreement = (outs[True].argmax(1) == outs[False].argmax(1)).float().mean().item()
-        faster = self.device.type != "cpu" or timings[True] < timings[False]
-        if agreement < BF16_MIN_AGREEMENT or not faster:
-            self.bf16 = False
-            why = f"argmax agreement with float32 {agreement:.4%}" if agreement < BF16_MIN_AGREEMENT else f"not faster ({1000 * timings[True]:.0f} ms vs {1000 * timings[False]:.0f} ms)"
-            warnings.warn(f"bf16 autocast disabled: {why}", stacklevel=3)
-            return outs[False]
-        return outs[True]
-
-
-class OnnxRunner:
-    """onnxruntime: ``(N, 3, h, w)`` float in [0, 1] -> ``(N, C, h, w)`` float32 logits (CPU tensor).
-    The graph normalises itself (see :mod:`desertseg.export`)."""
-
-    name = "onnx"
-
-    def __init__(self, session):
-        self.session = session
-        self.input = session.get_inputs()[0].name
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input: np.ascontiguousarray(x.cpu().numpy())})[0]
-        return torch.from_numpy(out)
 
 
 class Predictor:
@@ -212,7 +115,12 @@ class Predictor:
         installed (faster than eager PyTorch on CPU), eager PyTorch otherwise and on CUDA.
         ``backend="onnx"`` with a ``.safetensors`` file and no such export exports in memory.
         """
-        from .export import onnx_session, require_onnxruntime, session_metadata, sibling_onnx
+        from .export import (
+            onnx_session,
+            require_onnxruntime,
+            session_metadata,
+            sibling_onnx,
+        )
 
         path = Path(path) if path is not None else default_model_path()
         backend = check_backend(kwargs.pop("backend", "auto"))
@@ -342,61 +250,6 @@ class Predictor:
     def predict(self, image: np.ndarray, return_probs: bool = False) -> Prediction:
         """Segment one ``(H, W, 3)`` uint8 RGB image."""
         return self.predict_batch([image], return_probs)[0]
-
-
-def _has_onnxruntime() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("onnxruntime") is not None
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of ``(N, C, h, w)`` float maps; channels_last is ~2x faster on CPU."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear", align_corners=False).contiguous()
-
-
-def _source_index(out: int, inp: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each output row (or column): the two source indices and the weight of the second,
-    as ``F.interpolate(mode="bilinear", align_corners=False)`` computes them."""
-    scale = np.float32(inp) / np.float32(out)
-    src = np.maximum((np.arange(out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), np.float32(0))
-    i0 = np.minimum(src.astype(np.int64), inp - 1)
-    i1 = np.where(i0 < inp - 1, i0 + 1, i0)
-    return i0, i1, (src - i0).astype(np.float32)
-
-
-def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], max_boundary: float = 0.25) -> np.ndarray:
-    """``argmax`` over classes of ``logits`` bilinearly resized to ``size``, computed exactly
-    but cheaply: an output pixel whose four source pixels share one argmax class gets that
-    class (a convex combination of vectors whose largest entry is class c has its largest
-    entry at c), so interpolation only runs at class boundaries, a few percent of pixels.
-    Falls back to the full resize when more than ``max_boundary`` of the pixels are boundary.
-
-    Shape: ``(C, h, w)`` float logits -> ``(H, W)`` uint8 class indices.
-    """
-    H, W = size
-    C, h, w = logits.shape
-    if (h, w) == (H, W):
-        return logits.max(0).indices.to(torch.uint8).numpy()
-    L = logits.float().cpu().permute(1, 2, 0).contiguous().numpy()  # (h, w, C)
-    a = L.argmax(-1).astype(np.uint8)
-    ap = np.pad(a, ((0, 1), (0, 1)), mode="edge")
-    corner = ap[:-1, :-1]
-    uniform = (corner == ap[:-1, 1:]) & (corner == ap[1:, :-1]) & (corner == ap[1:, 1:])
-    y0, y1, wy = _source_index(H, h)
-    x0, x1, wx = _source_index(W, w)
-    # Clamped borders repeat a row/column, which the edge padding above reproduces.
-    out = a.take(y0, 0).take(x0, 1)
-    ys, xs = np.nonzero(~uniform.take(y0, 0).take(x0, 1))
-    if len(ys) > max_boundary * H * W:
-        return _resize(logits[None].float().cpu(), size)[0].max(0).indices.to(torch.uint8).numpy()
-    a0, a1, b0, b1 = y0[ys], y1[ys], x0[xs], x1[xs]
-    ly, lx = wy[ys, None], wx[xs, None]
-    v = (1 - ly) * ((1 - lx) * L[a0, b0] + lx * L[a0, b1]) + ly * ((1 - lx) * L[a1, b0] + lx * L[a1, b1])
-    out[ys, xs] = v.argmax(1)
-    return out
 
 
 def _starts(total: int, window: int) -> list[int]:
