@@ -27,7 +27,8 @@ def run(preset: str, budget_min: float, data: Path, unseen: Path, out: Path, thr
     from desertseg.train import load_config, train
 
     torch.set_num_threads(threads)
-    config = load_config(preset, {"max_time": budget_min, "epochs": 1000})
+    # Each preset keeps its own schedule; the budget stops whichever runs longer.
+    config = load_config(preset, {"max_time": budget_min})
     t0 = time.perf_counter()
     train(config, data, out / preset, progress=False)
     train_s = time.perf_counter() - t0
@@ -36,13 +37,15 @@ def run(preset: str, budget_min: float, data: Path, unseen: Path, out: Path, thr
     # best-by-val picks by the training environments, which says little about an unseen one.
     predictor = Predictor.from_checkpoint(out / preset / "last.safetensors", device="cpu")
     r = evaluate(predictor, samples, progress=False, keep_per_image=False)
-    epochs = json.loads(json.dumps(predictor.metadata["metrics"])).get("epoch")
+    epochs = predictor.metadata["metrics"].get("epoch")
     return {
         "preset": preset,
         "model": config.model,
         "size": config.size,
         "train_seconds": round(train_s, 1),
         "epochs_completed": (epochs or 0) + 1,
+        "seconds_per_epoch": round(train_s / ((epochs or 0) + 1), 1),
+        "pretrained_encoder": predictor.metadata["config"].get("pretrained"),
         "unseen_miou_all": round(r["miou_all"], 4),
         "unseen_miou_present": round(r["miou_present"], 4),
         "unseen_pixel_accuracy": round(r["pixel_accuracy"], 4),
