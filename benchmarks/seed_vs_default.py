@@ -45,7 +45,7 @@ def run(preset: str, budget_min: float, data: Path, unseen: Path, out: Path, thr
         "train_seconds": round(train_s, 1),
         "epochs_completed": (epochs or 0) + 1,
         "seconds_per_epoch": round(train_s / ((epochs or 0) + 1), 1),
-        "pretrained_encoder": predictor.metadata["config"].get("pretrained"),
+        "pretrained_setting": predictor.metadata["config"].get("pretrained"),  # "auto": ImageNet weights only if cached or downloadable
         "unseen_miou_all": round(r["miou_all"], 4),
         "unseen_miou_present": round(r["miou_present"], 4),
         "unseen_pixel_accuracy": round(r["pixel_accuracy"], 4),
