@@ -47,7 +47,8 @@ def fuse_conv_bn(model: torch.nn.Module) -> torch.nn.Module:
         names = list(module._modules)
         for a, b in zip(names, names[1:]):
             conv, bn = module._modules[a], module._modules[b]
-            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d) and bn.track_running_stats and bn.running_mean is not None:
+            # Exact types only: subclasses such as timm's BatchNormAct2d also apply an activation.
+            if type(conv) is torch.nn.Conv2d and type(bn) is torch.nn.BatchNorm2d and bn.track_running_stats and bn.running_mean is not None:
                 module._modules[a] = fuse_conv_bn_eval(conv, bn)
                 module._modules[b] = torch.nn.Identity()
     return model
