@@ -10,7 +10,9 @@ present-class mIoU >= 0.45 on the unseen split. Both are printed, not asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -30,7 +32,8 @@ def run(preset: str, budget_min: float, data: Path, unseen: Path, out: Path, thr
     # Each preset keeps its own schedule; the budget stops whichever runs longer.
     config = load_config(preset, {"max_time": budget_min})
     t0 = time.perf_counter()
-    train(config, data, out / preset, progress=False)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON only
+        train(config, data, out / preset, progress=False)
     train_s = time.perf_counter() - t0
     samples, _ = find_samples(unseen)
     # The budget stops training mid-schedule, so the last weights are what the budget bought;
