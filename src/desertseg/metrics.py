@@ -25,13 +25,13 @@ def confusion_matrix(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch
 
     Shape: ``pred`` and ``target`` ``(H, W)`` or ``(N, H, W)`` class indices.
     """
-    pred = torch.as_tensor(np.asarray(pred) if not isinstance(pred, torch.Tensor) else pred).reshape(-1).long()
-    target = torch.as_tensor(np.asarray(target) if not isinstance(target, torch.Tensor) else target).reshape(-1).long()
+    pred = (pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)).reshape(-1)
+    target = (target.detach().cpu().numpy() if isinstance(target, torch.Tensor) else np.asarray(target)).reshape(-1)
     if pred.shape != target.shape:
-        raise ValueError(f"prediction has {pred.numel()} pixels but target has {target.numel()}")
+        raise ValueError(f"prediction has {pred.size} pixels but target has {target.size}")
     keep = (target >= 0) & (target < num_classes)
-    idx = target[keep] * num_classes + pred[keep].clamp(0, num_classes - 1)
-    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes).numpy()
+    idx = target[keep].astype(np.int64) * num_classes + np.clip(pred[keep], 0, num_classes - 1).astype(np.int64)
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
