@@ -8,8 +8,9 @@ plus both paths' mIoU on the shared unseen split when trained weights are given.
 Seed path (as published): PIL decode, PIL resize to 256x256, ToTensor + Normalize,
 torchvision DeepLabV3-ResNet50 in float32 eager at batch 1, argmax at 256x256, mask resized
 back to 960x540 with nearest. Ours: ``Predictor.from_checkpoint`` with its default backend
-(onnxruntime on CPU when ``<stem>.onnx`` from ``desertseg export`` lies beside the model
-file), ``data.read_image`` decode, full-resolution mask from bilinear logits. The two paths
+(PyTorch for a .safetensors file, onnxruntime for an .onnx file; ``--backend onnx`` reuses an
+export lying beside the model), ``data.read_image`` decode, full-resolution mask from
+bilinear logits. The two paths
 alternate image by image so that machine load affects both alike.
 
 Targets on the 2-core CPU (issue 5): our end-to-end p50 <= 50 ms per image, >= 5x faster

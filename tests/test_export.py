@@ -87,17 +87,20 @@ def test_predictor_onnx_backend_equals_torch_on_real_images(exported, tiny_run, 
     assert "onnxruntime" in onnx_p.describe_device()
 
 
-def test_auto_backend_uses_only_an_export_of_the_same_file(exported, tiny_run, tmp_path):
+def test_backend_choice_and_reuse_of_an_export_of_the_same_file(exported, tiny_run, tmp_path):
     beside = exported[0].with_suffix(".safetensors")
-    assert Predictor.from_checkpoint(beside, device="cpu").backend == "onnx"
-    assert Predictor.from_checkpoint(beside, device="cpu", backend="torch").backend == "torch"
+    assert Predictor.from_checkpoint(beside, device="cpu").backend == "torch"  # auto: measured faster on CPU
+    assert Predictor.from_checkpoint(exported[0], device="cpu").backend == "onnx"  # an .onnx file
+    reused = Predictor.from_checkpoint(beside, device="cpu", backend="onnx")
+    assert reused.backend == "onnx" and reused.metadata["path"] == str(exported[0])
     # The same ONNX file beside a different model file is not used.
     from desertseg.checkpoint import load_model, save_model
 
     model, meta = load_model(tiny_run / "best.safetensors")
     other = save_model(tmp_path / "other.safetensors", model, {**meta, "note": "a copy"})  # same weights, other bytes
     shutil.copy(exported[0], tmp_path / "other.onnx")
-    assert Predictor.from_checkpoint(other, device="cpu").backend == "torch"
+    fresh = Predictor.from_checkpoint(other, device="cpu", backend="onnx")
+    assert fresh.backend == "onnx" and fresh.metadata["path"] != str(tmp_path / "other.onnx")
 
 
 def test_onnx_file_with_torch_backend_is_refused(exported):

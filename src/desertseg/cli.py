@@ -103,7 +103,7 @@ def evaluate(
     sliding_window: bool = typer.Option(False, help="Predict at full resolution in overlapping windows."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N images."),
-    backend: str = typer.Option("auto", help="Inference backend: auto (onnxruntime on CPU when an ONNX export of the model is present, else PyTorch), torch or onnx."),
+    backend: str = typer.Option("auto", help="Inference backend: auto (onnxruntime for an .onnx file, PyTorch for a .safetensors file: the faster one on CPU here), torch or onnx (reuses an export of the same file lying beside it)."),
     report: Optional[Path] = typer.Option(None, help="Folder for a self-contained HTML report (report.html) and its PNG figures."),
     run: Optional[Path] = typer.Option(None, help="Training run folder whose curves are added to the report (needs --report)."),
     dataset: str = typer.Option("duality", help="Format of --data: duality (desert masks, 10 classes), ycor (real photos, scored in coarse groups) or a .toml format file (see desertseg.formats)."),
@@ -213,7 +213,7 @@ def predict(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
     overwrite: bool = typer.Option(False, help="Write into an output folder that already holds files, replacing files of the same name."),
     coarse: bool = typer.Option(False, help="Also write the coarse-group view (sky, tall and low vegetation, traversable ground, obstacle)."),
-    backend: str = typer.Option("auto", help="Inference backend: auto (onnxruntime on CPU when an ONNX export of the model is present, else PyTorch), torch or onnx."),
+    backend: str = typer.Option("auto", help="Inference backend: auto (onnxruntime for an .onnx file, PyTorch for a .safetensors file: the faster one on CPU here), torch or onnx (reuses an export of the same file lying beside it)."),
     cost_map: bool = typer.Option(False, help="Also write an 8-bit traversability cost map per image (0 free ... 254 lethal, 255 unknown; costs per class in desertseg.coarse)."),
 ) -> None:
     """Segment images and videos: class-index, raw-id, colour, overlay and confidence masks at each image's own size, overlay videos with per-frame class shares."""
@@ -248,7 +248,7 @@ def _csv(text: str, kind, name: str) -> list:
 def export(
     checkpoint: Optional[Path] = typer.Option(None, help="Model file (.safetensors); the bundled default model when omitted."),
     format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
-    out: Optional[Path] = typer.Option(None, help="Output .onnx file; default: beside the checkpoint with the same name, where `--backend auto` finds it on CPU."),
+    out: Optional[Path] = typer.Option(None, help="Output .onnx file; default: beside the checkpoint with the same name, where `--backend onnx` reuses it."),
     check_images: List[str] = typer.Option([], "--check-images", help="Real images (files, folders or quoted glob patterns) for the parity check against PyTorch; repeatable."),
     check_count: int = typer.Option(4, min=1, help="How many of the --check-images to use (one batch)."),
     opset: int = typer.Option(18, min=17, help="ONNX opset version (>= 17)."),
