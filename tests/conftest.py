@@ -24,6 +24,18 @@ def _require(path: Path) -> Path:
     return path
 
 
+def link_subset(root: Path, dest: Path, counts: dict[str, int]) -> Path:
+    """A dataset folder of the first ``counts[split]`` real pairs of each split, as symlinks
+    (the real files stay where they are and are never copied)."""
+    for split, n in counts.items():
+        for sub in ("Color_Images", "Segmentation"):
+            (dest / split / sub).mkdir(parents=True)
+        for p in sorted((root / split / "Color_Images").iterdir())[:n]:
+            for sub in ("Color_Images", "Segmentation"):
+                (dest / split / sub / p.name).symlink_to(root / split / sub / p.name)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def duality_root() -> Path:
     """The dataset root holding train/ and val/."""
@@ -53,15 +65,7 @@ def tiny_run(duality_root, tmp_path_factory) -> Path:
     if cached and not os.environ.get("CI") and (Path(cached) / "best.safetensors").exists():
         yield Path(cached)
         return
-    data = tmp_path_factory.mktemp("tiny_data")
-    for split, n in (("train", 4), ("val", 2)):
-        for sub in ("Color_Images", "Segmentation"):
-            (data / split / sub).mkdir(parents=True)
-        names = sorted((duality_root / split / "Color_Images").iterdir())[:n]
-        for p in names:
-            for sub in ("Color_Images", "Segmentation"):
-                # Symlinks, not copies: the real files stay where they are.
-                (data / split / sub / p.name).symlink_to(duality_root / split / sub / p.name)
+    data = link_subset(duality_root, tmp_path_factory.mktemp("tiny_data"), {"train": 4, "val": 2})
     out = Path(cached) if cached and not os.environ.get("CI") else tmp_path_factory.mktemp("tiny_run") / "run"
     config = load_config("default", {"model": "unet_mobilenet_v2", "pretrained": False, "size": "128x72", "epochs": 4, "batch_size": 2, "lr": 3e-3, "augment": {}, "loss": "ce", "class_weighting": "none", "scheduler": "none"})
     train(config, data, out, accelerator="cpu", devices=1, progress=False)

@@ -25,7 +25,14 @@ from PIL import Image
 from desertseg import data as data_mod
 from desertseg.check import check_data
 from desertseg.classes import IGNORE_INDEX, raw_to_index
-from desertseg.data import DataError, SegmentationDataset, list_samples, read_image, read_mask, resolve_split
+from desertseg.data import (
+    DataError,
+    SegmentationDataset,
+    list_samples,
+    read_image,
+    read_mask,
+    resolve_split,
+)
 
 
 @dataclass

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 
-
 def run(*args, **kw):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "desertseg.cli", *args], capture_output=True, text=True, env=env, timeout=600, **kw)

@@ -11,8 +11,21 @@ import pytest
 from PIL import Image
 
 from desertseg.classes import CLASS_NAMES, IGNORE_INDEX, raw_to_index
-from desertseg.coarse import COSTS, DESERT_GROUPS, GROUP_NAMES, coarse_confusion, coarse_summary, colorize_groups, cost_map, to_groups
-from desertseg.coarse_eval import evaluate_coarse, format_coarse_table, write_coarse_results
+from desertseg.coarse import (
+    COSTS,
+    DESERT_GROUPS,
+    GROUP_NAMES,
+    coarse_confusion,
+    coarse_summary,
+    colorize_groups,
+    cost_map,
+    to_groups,
+)
+from desertseg.coarse_eval import (
+    evaluate_coarse,
+    format_coarse_table,
+    write_coarse_results,
+)
 from desertseg.data import Sample, list_samples, read_image, read_mask
 from desertseg.formats import get_format
 from desertseg.predict import Predictor

@@ -12,11 +12,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import link_subset
 
 from desertseg.checkpoint import load_model
 from desertseg.data import SegmentationDataset, find_samples
@@ -27,18 +27,8 @@ from desertseg.transforms import eval_transform
 W, H, N_VAL = 64, 36, 3
 
 
-def _link_subset(root: Path, dest: Path, counts: dict[str, int]) -> Path:
-    for split, n in counts.items():
-        for sub in ("Color_Images", "Segmentation"):
-            (dest / split / sub).mkdir(parents=True)
-        for p in sorted((root / split / "Color_Images").iterdir())[:n]:
-            for sub in ("Color_Images", "Segmentation"):
-                (dest / split / sub / p.name).symlink_to(root / split / sub / p.name)
-    return dest
-
-
 def test_two_process_ddp_training_matches_one_process_evaluation(duality_root, tmp_path):
-    data = _link_subset(duality_root, tmp_path / "data", {"train": 4, "val": N_VAL})
+    data = link_subset(duality_root, tmp_path / "data", {"train": 4, "val": N_VAL})
     out = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "desertseg.cli", "train", "--data", str(data), "--out", str(out),

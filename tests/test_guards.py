@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import link_subset
 
 import desertseg.engine as T
 from desertseg.engine import TrainingDiverged
@@ -29,19 +30,9 @@ TINY = {"model": "unet_mobilenet_v2", "pretrained": False, "size": "64x36", "bat
         "loss": "ce", "class_weighting": "none", "scheduler": "none", "num_workers": 0}
 
 
-def _link_subset(root: Path, dest: Path, counts: dict[str, int]) -> Path:
-    for split, n in counts.items():
-        for sub in ("Color_Images", "Segmentation"):
-            (dest / split / sub).mkdir(parents=True)
-        for p in sorted((root / split / "Color_Images").iterdir())[:n]:
-            for sub in ("Color_Images", "Segmentation"):
-                (dest / split / sub / p.name).symlink_to(root / split / sub / p.name)
-    return dest
-
-
 @pytest.fixture
 def tiny_data(duality_root, tmp_path) -> Path:
-    return _link_subset(duality_root, tmp_path / "data", {"train": 2, "val": 1})
+    return link_subset(duality_root, tmp_path / "data", {"train": 2, "val": 1})
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

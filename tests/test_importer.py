@@ -10,7 +10,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from desertseg.checkpoint import META_KEY, CheckpointError, load_model, make_metadata, read_metadata
+from desertseg.checkpoint import (
+    META_KEY,
+    CheckpointError,
+    load_model,
+    make_metadata,
+    read_metadata,
+)
 from desertseg.importer import PickleTrustWarning, import_model
 from desertseg.models import build_model
 

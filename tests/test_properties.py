@@ -5,7 +5,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from desertseg.classes import CLASSES, IGNORE_INDEX, NUM_CLASSES, RAW_IDS, index_to_raw, raw_to_index
+from desertseg.classes import (
+    CLASSES,
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    RAW_IDS,
+    index_to_raw,
+    raw_to_index,
+)
 from desertseg.metrics import confusion_matrix, summarize
 
 FAST = settings(max_examples=50, deadline=None)

@@ -20,8 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import link_subset
 
-from desertseg.engine import EpochShardSampler, atomic_checkpoint_io, rng_state, set_rng_state
+from desertseg.engine import (
+    EpochShardSampler,
+    atomic_checkpoint_io,
+    rng_state,
+    set_rng_state,
+)
 from desertseg.train import read_metrics_csv
 
 TOL = 1e-6
@@ -57,16 +63,6 @@ DRIVER = textwrap.dedent(
 ).replace("EPOCHS", str(EPOCHS))
 
 
-def _link_subset(root: Path, dest: Path, counts: dict[str, int]) -> Path:
-    for split, n in counts.items():
-        for sub in ("Color_Images", "Segmentation"):
-            (dest / split / sub).mkdir(parents=True)
-        for p in sorted((root / split / "Color_Images").iterdir())[:n]:
-            for sub in ("Color_Images", "Segmentation"):
-                (dest / split / sub / p.name).symlink_to(root / split / sub / p.name)
-    return dest
-
-
 def _env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
 
@@ -87,7 +83,7 @@ def _weights(path: Path) -> dict:
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(duality_root, tmp_path):
-    data = _link_subset(duality_root, tmp_path / "data", {"train": 4, "val": 2})
+    data = link_subset(duality_root, tmp_path / "data", {"train": 4, "val": 2})
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
 

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from desertseg.data import DataError, environment, find_samples
-from desertseg.splits import environment_matches, find_split_dirs, make_splits, read_split_file, write_split_file
+from desertseg.splits import (
+    environment_matches,
+    find_split_dirs,
+    make_splits,
+    read_split_file,
+    write_split_file,
+)
 
 
 def cli(*args):

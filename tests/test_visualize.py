@@ -3,7 +3,13 @@ import pytest
 
 from desertseg.classes import CLASSES, raw_to_index
 from desertseg.data import list_samples, read_image, read_mask
-from desertseg.visualize import class_shares, confidence_image, error_map, legend_image, overlay
+from desertseg.visualize import (
+    class_shares,
+    confidence_image,
+    error_map,
+    legend_image,
+    overlay,
+)
 
 
 def test_overlay_on_real_image(duality_root):

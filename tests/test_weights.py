@@ -3,7 +3,12 @@ import zipfile
 import pytest
 import torch
 
-from desertseg.models import MOBILENET_V2_FILE, PretrainedUnavailable, build_model, hub_checkpoint
+from desertseg.models import (
+    MOBILENET_V2_FILE,
+    PretrainedUnavailable,
+    build_model,
+    hub_checkpoint,
+)
 from desertseg.weights import fetch_mobilenet_v2
 
 

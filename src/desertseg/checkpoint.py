@@ -109,6 +109,21 @@ def _looks_pickled(path: Path) -> bool:
     return head[:2] == b"PK" or head[:1] == b"\x80"
 
 
+def state_mismatches(expected: dict, state: dict) -> list[str]:
+    """Missing, unexpected and mis-shaped tensors of ``state`` against ``expected``, as sentences."""
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing tensors (first: {missing[:3]})")
+    if extra:
+        parts.append(f"{len(extra)} unexpected tensors (first: {extra[:3]})")
+    if shapes:
+        parts.append(f"{len(shapes)} wrong shapes (first: {shapes[:3]})")
+    return parts
+
+
 def load_model(path: Path | str, allow_class_remap: bool = False) -> tuple[nn.Module, dict]:
     """Build the model named in the file's metadata and load its weights strictly.
 
@@ -130,18 +145,9 @@ def load_model(path: Path | str, allow_class_remap: bool = False) -> tuple[nn.Mo
     model = build_model(name, int(meta["num_classes"]), pretrained=False)
     state = load_file(str(path))
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or extra or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing tensors (first: {missing[:3]})")
-        if extra:
-            parts.append(f"{len(extra)} unexpected tensors (first: {extra[:3]})")
-        if shapes:
-            parts.append(f"{len(shapes)} wrong shapes (first: {shapes[:3]})")
-        raise CheckpointError(path, f"weights do not fit model '{name}': " + "; ".join(parts))
+    problems = state_mismatches(expected, state)
+    if problems:
+        raise CheckpointError(path, f"weights do not fit model '{name}': " + "; ".join(problems))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return model.eval(), meta
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, make_metadata, save_model
+from .checkpoint import CheckpointError, make_metadata, save_model, state_mismatches
 from .classes import NUM_CLASSES
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
@@ -145,21 +145,13 @@ def convert(state: dict[str, torch.Tensor], arch: str, path: Path | str = "?") -
     model = build_model(arch, NUM_CLASSES, pretrained=False)
     expected = model.state_dict()
     mapped = map_keys(state, set(expected))
-    missing = sorted(set(expected) - set(mapped))
-    extra = sorted(set(mapped) - set(expected))
-    shapes = [(k, tuple(mapped[k].shape), tuple(v.shape)) for k, v in expected.items() if k in mapped and mapped[k].shape != v.shape]
-    if missing or extra or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing tensors (first: {missing[:3]})")
-        if extra:
-            parts.append(f"{len(extra)} unexpected tensors (first: {extra[:3]})")
-        if shapes:
-            parts.append(f"{len(shapes)} wrong shapes (first: {[f'{k} {a} != {b}' for k, a, b in shapes[:3]]})")
-            heads = [a[0] for k, a, b in shapes if a and b and a[0] != b[0] and b[0] == NUM_CLASSES]
-            if heads:
-                parts.append(f"the source predicts {heads[0]} classes, desertseg's class table has {NUM_CLASSES}")
-        raise CheckpointError(path, f"weights do not fit --arch {arch}: " + "; ".join(parts))
+    problems = state_mismatches(expected, mapped)
+    if problems:
+        shapes = [(mapped[k].shape, v.shape) for k, v in expected.items() if k in mapped and mapped[k].shape != v.shape]
+        heads = [a[0] for a, b in shapes if len(a) and len(b) and a[0] != b[0] and b[0] == NUM_CLASSES]
+        if heads:
+            problems.append(f"the source predicts {heads[0]} classes, desertseg's class table has {NUM_CLASSES}")
+        raise CheckpointError(path, f"weights do not fit --arch {arch}: " + "; ".join(problems))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in mapped.items()}, strict=True)
     return model.eval()
 
