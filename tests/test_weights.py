@@ -9,7 +9,7 @@ from desertseg.models import (
     build_model,
     hub_checkpoint,
 )
-from desertseg.weights import fetch_mobilenet_v2
+from desertseg.pretrained import fetch_mobilenet_v2
 
 
 def test_tampered_weight_file_is_rejected_by_its_hash(tmp_path, monkeypatch):

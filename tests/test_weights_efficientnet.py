@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from desertseg.models import PretrainedUnavailable, build_model
-from desertseg.weights import (
+from desertseg.pretrained import (
     EFFICIENTNET_LITE,
     convert_by_position,
     converted_path,

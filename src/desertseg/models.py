@@ -114,7 +114,7 @@ def _smp(arch: str, encoder: str) -> Callable[..., nn.Module]:
             variant = encoder.removeprefix("tu-tf_")
 
             def load():
-                from .weights import converted_path, load_efficientnet_lite
+                from .pretrained import converted_path, load_efficientnet_lite
 
                 if converted_path(variant).exists():
                     state = load_efficientnet_lite(variant)
