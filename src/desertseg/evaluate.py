@@ -46,13 +46,11 @@ def evaluate(predictor: Predictor, samples: list[Sample], protocol: str = "full"
         except DataError as e:
             errors.append(str(e))
             continue
+        pred = predictor.predict(image).mask
         if protocol == "resized":
-            image_in = image
-            pred = predictor.predict(image_in).mask
+            # Both sides at the model's input size, nearest only (labels are never blended).
             target = resize_mask(target, predictor.input_size)
             pred = resize_mask(pred, predictor.input_size)
-        else:
-            pred = predictor.predict(image).mask
         e2e.append(time.perf_counter() - t0)
         one = confusion_matrix(pred, target)
         cm += one

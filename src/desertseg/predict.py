@@ -16,7 +16,7 @@ Shape:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -25,11 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import default_model_path, load_model
-from .runtime import (  # noqa: F401
-    BACKENDS,
+from .runtime import (
     OnnxRunner,
     TorchRunner,
-    _has_onnxruntime,
     _is_session,
     _resize,
     check_backend,
@@ -59,7 +57,6 @@ class Timing:
     model: float = 0.0
     postprocess: float = 0.0
     images: int = 0
-    per_image: list = field(default_factory=list)
 
 
 class Predictor:

@@ -122,12 +122,6 @@ class OnnxRunner:
         return torch.from_numpy(out)
 
 
-def _has_onnxruntime() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("onnxruntime") is not None
-
-
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of ``(N, C, h, w)`` float maps; channels_last is ~2x faster on CPU."""
     if tuple(x.shape[-2:]) == tuple(size):

@@ -7,8 +7,6 @@ Which ones run and how strongly comes from the preset's ``[augment]`` table.
 
 from __future__ import annotations
 
-
-
 import torch
 
 from .classes import IGNORE_INDEX
@@ -52,6 +50,7 @@ class TrainTransform:
     """Callable ``(image uint8 (3, H, W), target long (H, W)) -> (normalised float, target)``."""
 
     def __init__(self, augment: dict | None):
+        from torchvision import tv_tensors
         from torchvision.transforms import v2
 
         self.augment = dict(augment or {})
@@ -60,11 +59,12 @@ class TrainTransform:
             raise ValueError(f"unknown augment keys {sorted(unknown)}; known: {', '.join(AUGMENT_KEYS)}")
         a = self.augment
         joint = []
+        fill = {"others": 0, tv_tensors.Mask: IGNORE_INDEX}  # padding is ignored, never a class
         if a.get("scale"):
             lo, hi = a["scale"]
-            joint.append(v2.RandomAffine(degrees=a.get("rotate", 0), scale=(lo, hi), fill={"others": 0, _mask_type(): IGNORE_INDEX}))
+            joint.append(v2.RandomAffine(degrees=a.get("rotate", 0), scale=(lo, hi), fill=fill))
         elif a.get("rotate"):
-            joint.append(v2.RandomRotation(a["rotate"], fill={"others": 0, _mask_type(): IGNORE_INDEX}))
+            joint.append(v2.RandomRotation(a["rotate"], fill=fill))
         if a.get("hflip"):
             joint.append(v2.RandomHorizontalFlip(a["hflip"]))
         self.joint = v2.Compose(joint) if joint else None
@@ -108,15 +108,6 @@ class TrainTransform:
         return normalize(x.clamp_(0, 1)), target.long()
 
 
-def _mask_type():
-    from torchvision import tv_tensors
-
-    return tv_tensors.Mask
-
-
 def eval_transform(image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The deterministic counterpart of :class:`TrainTransform`: scale and normalise."""
     return normalize(image.float().div_(255)), target.long()
-
-
-
