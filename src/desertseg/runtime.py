@@ -21,9 +21,20 @@ BF16_MIN_AGREEMENT = 0.999
 
 
 def pick_device(device: str | None = None) -> torch.device:
+    """The torch device for ``device`` (None or auto: cuda when present). A device that does not
+    exist here is the user's choice, so it is a ValueError saying what to pass, not torch's
+    RuntimeError from deep inside the first ``.to()``."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    gpus = torch.cuda.device_count() if dev.type == "cuda" else 0
+    if dev.type == "cuda" and (dev.index or 0) >= gpus:
+        usable = f"cuda:0 to cuda:{gpus - 1} or cpu" if gpus else "cpu"
+        raise ValueError(f"device {device!r} is not available: {gpus} CUDA GPUs are usable here (torch {torch.__version__}); use {usable}")
+    return dev
 
 
 def check_backend(backend: str) -> str:

@@ -20,16 +20,21 @@ import numpy as np
 from .checkpoint import atomic_write
 from .classes import CLASS_NAMES
 from .data import DataError
+from .errors import MissingExtra
 
 # Four-character codecs by output container; mp4v is available in every OpenCV build with FFmpeg.
 FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+# A container may announce a frame or two more than an intact file decodes to (a count estimated
+# from the duration, frames skipped at the start), so a video counts as truncated only when more
+# are missing.
+FRAME_COUNT_SLACK = 2
 
 
 def _cv2():
     try:
         import cv2
     except ImportError:
-        raise RuntimeError("video needs OpenCV: pip install 'desertseg[video]'") from None
+        raise MissingExtra("video needs OpenCV: pip install 'desertseg[video]'") from None
     return cv2
 
 
@@ -66,7 +71,10 @@ def predict_video(
 
     The CSV has one row per frame: ``frame``, ``time_s``, then one column per class name with
     the share of that frame's pixels predicted as the class. Raises :class:`DataError` naming
-    the file when the video cannot be opened or no frame can be decoded.
+    the file when the video cannot be opened or no frame can be decoded, and when decoding
+    stops well before the frame count its container announces (a file cut off part-way, e.g.
+    by an interrupted copy): that error comes after both outputs are written up to the last
+    decoded frame, so the part that was there is kept, and says how far it got.
 
     Returns ``{"frames", "fps", "size": (width, height), "video", "csv"}``.
     """
@@ -134,4 +142,7 @@ def predict_video(
                 w.writerows(rows)
 
         atomic_write(csv_path, write_csv)
+    if estimate and len(rows) < estimate - FRAME_COUNT_SLACK:
+        kept = ", ".join(str(p) for p in (out_path, csv_path) if p is not None)
+        raise DataError(video_path, f"video is truncated or damaged: only {len(rows)} of the {estimate} frames its container announces could be decoded; the outputs of those {len(rows)} were written ({kept})")
     return {"frames": len(rows), "fps": fps, "size": (width, height), "video": out_path, "csv": csv_path}

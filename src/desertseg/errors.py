@@ -1,0 +1,13 @@
+"""Error types shared by several modules.
+
+The command line prints an error whose class is defined in desertseg (these, and the modules'
+own ``DataError``, ``CheckpointError``, ...) as one ``error: ...`` line: raising one says "the
+user can fix this". Anything else is reported as a bug (see :func:`desertseg.cli.main`).
+"""
+
+from __future__ import annotations
+
+
+class MissingExtra(RuntimeError):
+    """An optional dependency (an extra such as ``[video]`` or ``[onnx]``) is not installed;
+    the message says what to install."""
