@@ -112,3 +112,11 @@ def test_cli_split_then_evaluate_with_the_split_file(duality_root, tiny_run, tmp
     r = cli("evaluate", "--data", str(duality_root), "--split", str(out / "split_val.json"), "--checkpoint", str(tiny_run / "best.safetensors"), "--limit", "2", "--device", "cpu", "--out", str(tmp_path / "ev"))
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["images"] == 2
+
+
+def test_split_all_pools_every_split_folder(duality_root):
+    """`train_split = "all"` trains on every pair there is (the bundled model's 154)."""
+    samples, problems = find_samples(duality_root.parent, "all")
+    assert problems == [] and len(samples) == 154
+    assert sorted({environment(s.name) for s in samples}) == ["cc", "mt0", "mt1", "w0"]
+    assert len({s.image for s in samples}) == 154

@@ -90,7 +90,8 @@ def train(
     result = run_train(config, data, run_dir, devices=devs, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, resume=resume is not None)
     if result:
         typer.echo(json.dumps(result, indent=2))
-        typer.echo(f"Run folder: {run_dir} (best.safetensors, metrics.csv, curves.png)")
+        model_file = "best.safetensors" if "best" in result else "last.safetensors"
+        typer.echo(f"Run folder: {run_dir} ({model_file}, metrics.csv, curves.png)")
 
 
 @app.command()

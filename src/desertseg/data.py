@@ -228,12 +228,17 @@ def list_samples(split_dir: Path | str, require_masks: bool = True) -> tuple[lis
 
 
 def find_samples(data: Path | str, split: str | None = None) -> tuple[list[Sample], list[str]]:
-    """Samples of a split: a split name under a dataset root, a split folder, or a split file
+    """Samples of a split: a split name under a dataset root, ``all`` (every split folder
+    under ``data`` pooled: train, val and test), a split folder, or a split file
     (``.json``/``.txt``, written by ``desertseg split``). Returns ``(samples, problems)``."""
     if split and Path(split).suffix.lower() in (".json", ".txt"):
         from .splits import read_split_file
 
         return read_split_file(Path(split), Path(data))
+    if split == "all":
+        from .splits import collect_samples
+
+        return collect_samples(data)
     return list_samples(resolve_split(data, split))
 
 

@@ -21,9 +21,11 @@ import torch
 
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .config import TrainConfig
+from .domain import DomainRandomizer, add_mixstyle
 from .losses import SegmentationLoss
 from .metrics import confusion_metric, summarize
 from .models import encoder_parameters
+from .transforms import denormalize, normalize
 
 
 class TrainingDiverged(FloatingPointError, RuntimeError):
@@ -134,11 +136,15 @@ def lightning_module():
             super().__init__()
             self.save_hyperparameters()
             self.cfg = TrainConfig(**config)
-            self.model = build_model(self.cfg.model, NUM_CLASSES, pretrained=self.cfg.pretrained)
+            self.model = build_model(self.cfg.model, NUM_CLASSES, pretrained=self.cfg.pretrained, input_norm=self.cfg.input_norm)
             w = torch.tensor(weights) if weights is not None else None
             self.criterion = SegmentationLoss(self.cfg.loss, class_weights=w, label_smoothing=self.cfg.label_smoothing)
             # Both are torchmetrics states summed over processes by compute() (dist_reduce_fx="sum"),
             # so under DDP the metrics are those of the whole validation set, not a mean of per-rank numbers.
+            self.domain = DomainRandomizer(self.cfg.domain)
+            if self.cfg.domain.get("mixstyle"):
+                d = self.cfg.domain
+                add_mixstyle(self.model, d["mixstyle"], d.get("mixstyle_alpha", 0.1), d.get("mixstyle_stages", 2))
             self.val_cm = confusion_metric()
             self.val_loss = MeanMetric()
 
@@ -147,6 +153,8 @@ def lightning_module():
 
         def training_step(self, batch, batch_idx):
             image, target = batch
+            if self.domain.active:  # style randomisation works on [0, 1] images
+                image = normalize(self.domain.images(denormalize(image)))
             loss = self.criterion(self.model(image), target)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
@@ -248,6 +256,8 @@ def data_module(train_ds, val_ds, config: TrainConfig, workers: int):
             return torch.utils.data.DataLoader(SeededAugment(train_ds, config.seed), batch_size=config.batch_size, sampler=sampler, drop_last=drop_last, **self._args())
 
         def val_dataloader(self):
+            if val_ds is None:  # training without validation (val_split = "none")
+                return []
             # Every image exactly once over all processes (a padded DistributedSampler would
             # count some twice in the summed confusion matrix); shards may differ by one image.
             t = self.trainer

@@ -166,6 +166,11 @@ def train(
         print(f"note: {out} has no checkpoints/last.ckpt yet; starting the run from its first epoch")
         _trim_metrics(out / "metrics.csv", 0)
 
+    # No validation split (val_split = "" or "none"): every pair trains, and the last epoch is
+    # the model. That is the leakage-free choice when the environments at hand are all used
+    # for training (generalisation.py folds, the bundled model on every shared environment).
+    validate = config.val_split.lower() not in ("", "none")
+    checkpoints = [ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_miou", mode="max", save_top_k=1)] if validate else []
     trainer = L.Trainer(
         max_epochs=config.epochs,
         max_time={"minutes": config.max_time} if config.max_time else None,
@@ -176,7 +181,7 @@ def train(
         precision=config.precision,
         accumulate_grad_batches=config.accumulate,
         callbacks=[
-            ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_miou", mode="max", save_top_k=1),
+            *checkpoints,
             # Lightning 2.6's save_last only re-saves when a new best was saved; this one saves every epoch.
             ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
             resume_callback(),
@@ -189,13 +194,15 @@ def train(
         enable_progress_bar=progress,
         enable_model_summary=False,
         limit_train_batches=limit_train_batches,
+        limit_val_batches=None if validate else 0,
+        num_sanity_val_steps=None if validate else 0,
         deterministic=False,
     )
     workers = resolve_workers(config.num_workers, trainer.num_devices)
 
     size = config.input_size
     train_samples, problems = find_samples(data, config.train_split)
-    val_samples, vproblems = find_samples(data, config.val_split)
+    val_samples, vproblems = find_samples(data, config.val_split) if validate else ([], [])
     if lead:
         for p in problems + vproblems:
             print(f"warning: {p}")
@@ -205,7 +212,7 @@ def train(
     if config.cache and not in_memory and lead:
         print(f"note: in-memory sample cache off ({est / 2**30:.1f} GiB across {workers} workers); set cache_dir for a shared on-disk cache")
     train_ds = SegmentationDataset(train_samples, size, TrainTransform(config.augment), cache=in_memory, cache_dir=config.cache_dir)
-    val_ds = SegmentationDataset(val_samples, size, eval_transform, cache=in_memory, cache_dir=config.cache_dir)
+    val_ds = SegmentationDataset(val_samples, size, eval_transform, cache=in_memory, cache_dir=config.cache_dir) if validate else None
     weights = None
     if config.class_weighting != "none":
         weights = class_weights(pixel_counts(train_ds), config.class_weighting).tolist()
@@ -222,9 +229,9 @@ def train(
         return {}
 
     result = {}
-    best_cb = trainer.checkpoint_callback
-    best_score = float(best_cb.best_model_score) if best_cb.best_model_score is not None else None
-    for tag, path in (("best", best_cb.best_model_path), ("last", str(last))):
+    best_cb = checkpoints[0] if checkpoints else None
+    best_score = float(best_cb.best_model_score) if best_cb and best_cb.best_model_score is not None else None
+    for tag, path in (("best", best_cb.best_model_path if best_cb else ""), ("last", str(last))):
         if not path or not Path(path).exists():
             continue
         # Our own Lightning checkpoint; still loaded without unpickling arbitrary objects.
@@ -234,7 +241,7 @@ def train(
         metrics = {"epoch": ckpt["epoch"]}
         if tag == "best":
             metrics["val_miou_at_input_size"] = best_score
-        save_model(out / f"{tag}.safetensors", module.model, make_metadata(config.model, size, asdict(config), metrics))
+        save_model(out / f"{tag}.safetensors", module.model, make_metadata(config.model, size, asdict(config), metrics, input_norm=config.input_norm))
         result[tag] = metrics
     plot_curves(out / "metrics.csv", out / "curves.png")
     return result
@@ -272,7 +279,8 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> Path | None:
     ax2.set(xlabel="epoch", ylabel="mIoU", title="Validation mIoU (at input size)", ylim=(0, 1))
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:  # no validation curves in a run without validation
+            ax.legend()
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)

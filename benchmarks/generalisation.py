@@ -1,0 +1,153 @@
+"""Leave-one-environment-out: how well does a recipe transfer to a desert it never saw?
+
+Pools every shared Duality pair (train + val + testImages: environments cc, mt0, mt1, w0),
+and for each environment trains the preset on the other three and scores the held-out one at
+full resolution with one confusion matrix. Nothing is chosen on the held-out environment:
+there is no validation pass, the last epoch is the model. Prints JSON with each fold's all-10
+and present-class mIoU and per-class IoU, the mean over folds per seed, and the mean and
+spread over seeds. Every recipe decision is made on the mean over folds.
+
+    python benchmarks/generalisation.py --preset default --fast --seeds 0
+    python benchmarks/generalisation.py --preset default --seeds 0,1,2 --out runs/loeo/default
+    python benchmarks/generalisation.py --preset default --fast --set domain.mixstyle=0.5 --name mixstyle
+
+``--fast`` is the screening setting (256x144, 10 epochs; the recipe's other keys unchanged).
+Finished folds are kept in ``OUT/<fold>-seed<N>/fold.json`` and not trained again, so an
+interrupted benchmark continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "duality_sample"
+FAST = {"size": "256x144", "epochs": 10}
+
+
+def run_fold(config, data: Path, held_out: str, out: Path, threads: int) -> dict:
+    """Train ``config`` on every environment but ``held_out``, score ``held_out``."""
+    import torch
+
+    from desertseg.evaluate import evaluate
+    from desertseg.predict import Predictor
+    from desertseg.splits import make_splits, write_split_file
+    from desertseg.train import train
+
+    config.train_split, config.val_split = str(out / "train_split.json"), "none"
+    done = out / "fold.json"
+    if done.is_file() and json.loads(done.read_text()).get("config") == asdict(config):
+        return json.loads(done.read_text())
+    torch.set_num_threads(threads)
+    splits, _ = make_splits(data, [held_out])
+    write_split_file(out / "train_split.json", splits["train"], data, "train")
+    run_dir = out / "run"
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON only
+        train(config, data, run_dir, resume=run_dir.exists(), progress=False)
+    train_s = time.perf_counter() - t0
+    predictor = Predictor.from_checkpoint(run_dir / "last.safetensors", device="cpu", backend="torch")
+    r = evaluate(predictor, splits["val"], progress=False, keep_per_image=False)
+    result = {
+        "held_out": held_out,
+        "seed": config.seed,
+        "train_images": len(splits["train"]),
+        "test_images": r["images"],
+        "train_seconds": round(train_s, 1),
+        "miou_all": round(r["miou_all"], 4),
+        "miou_present": round(r["miou_present"], 4),
+        "pixel_accuracy": round(r["pixel_accuracy"], 4),
+        "per_class_iou": {c["class"]: None if c["iou"] is None else round(c["iou"], 4) for c in r["per_class"]},
+        "confusion_matrix": r["confusion_matrix"],
+        "config": asdict(config),
+    }
+    done.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _spread(values: list[float]) -> dict:
+    return {"mean": round(statistics.fmean(values), 4), "std": round(statistics.stdev(values), 4) if len(values) > 1 else None, "n": len(values)}
+
+
+def summarize(folds: list[dict]) -> dict:
+    """Mean over folds for each seed, then mean and std of those means over seeds; per fold
+    the mean and std over seeds."""
+    seeds = sorted({f["seed"] for f in folds})
+    envs = sorted({f["held_out"] for f in folds})
+    per_seed = {}
+    for s in seeds:
+        mine = [f for f in folds if f["seed"] == s]
+        if len(mine) == len(envs):  # a seed counts once all its folds are in
+            per_seed[s] = {k: statistics.fmean(f[k] for f in mine) for k in ("miou_all", "miou_present", "pixel_accuracy")}
+    summary = {
+        "mean_over_folds": {k: _spread([v[k] for v in per_seed.values()]) for k in ("miou_all", "miou_present", "pixel_accuracy")} if per_seed else None,
+        "per_seed_mean_over_folds": {str(s): {k: round(v, 4) for k, v in m.items()} for s, m in per_seed.items()},
+        "per_fold": {},
+    }
+    for env in envs:
+        mine = [f for f in folds if f["held_out"] == env]
+        classes = mine[0]["per_class_iou"]
+        summary["per_fold"][env] = {
+            "miou_all": _spread([f["miou_all"] for f in mine]),
+            "miou_present": _spread([f["miou_present"] for f in mine]),
+            "per_class_iou_mean": {
+                c: (round(statistics.fmean(vals), 4) if vals else None)
+                for c in classes
+                for vals in [[f["per_class_iou"][c] for f in mine if f["per_class_iou"][c] is not None]]
+            },
+        }
+    return summary
+
+
+def main() -> None:
+    from desertseg.train import load_config, parse_override
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="default", help="preset name or .toml file")
+    ap.add_argument("--fast", action="store_true", help=f"screening setting: {FAST}")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds")
+    ap.add_argument("--folds", default="cc,mt0,mt1,w0", help="environments to hold out, one fold each")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="key=value override (TOML value), repeatable")
+    ap.add_argument("--name", help="label of this recipe in the output (default: the preset)")
+    ap.add_argument("--data", type=Path, default=SHARED, help="folder holding every environment's pairs")
+    ap.add_argument("--out", type=Path, help="results folder (default runs/loeo/NAME)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    name = args.name or Path(args.preset).stem + ("-fast" if args.fast else "")
+    out = args.out or ROOT / "runs" / "loeo" / name
+    overrides = dict(FAST) if args.fast else {}
+    for text in args.overrides:
+        key, value = parse_override(text)
+        if isinstance(value, dict) and isinstance(overrides.get(key), dict):
+            value = {**overrides[key], **value}
+        overrides[key] = value
+    folds = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for env in args.folds.split(","):
+            config = load_config(args.preset, {**overrides, "seed": seed})
+            result = run_fold(config, args.data, env, out / f"{env}-seed{seed}", args.threads)
+            print(f"{name}: held out {env}, seed {seed}: mIoU all {result['miou_all']:.4f}, present {result['miou_present']:.4f}", file=sys.stderr)
+            folds.append(result)
+    doc = {
+        "recipe": name,
+        "preset": args.preset,
+        "overrides": overrides,
+        "protocol": "leave-one-environment-out over all shared Duality pairs; last epoch; full-resolution confusion matrix",
+        "folds": [{k: v for k, v in f.items() if k not in ("confusion_matrix", "config")} for f in folds],
+        **summarize(folds),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(doc, indent=1))
+    print(json.dumps(doc, indent=1))
+
+
+if __name__ == "__main__":
+    main()
