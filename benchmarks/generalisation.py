@@ -10,6 +10,7 @@ spread over seeds. Every recipe decision is made on the mean over folds.
     python benchmarks/generalisation.py --preset default --fast --seeds 0
     python benchmarks/generalisation.py --preset default --seeds 0,1,2 --out runs/loeo/default
     python benchmarks/generalisation.py --preset default --fast --set domain.mixstyle=0.5 --name mixstyle
+    python benchmarks/generalisation.py --table runs/loeo/*/summary.json     # the protocol table
 
 ``--fast`` is the screening setting (256x144, 10 epochs; the recipe's other keys unchanged).
 Finished folds are kept in ``OUT/<fold>-seed<N>/fold.json`` and not trained again, so an
@@ -32,8 +33,9 @@ SHARED = ROOT.parent / "shared" / "data" / "duality_sample"
 FAST = {"size": "256x144", "epochs": 10}
 
 
-def run_fold(config, data: Path, held_out: str, out: Path, threads: int) -> dict:
-    """Train ``config`` on every environment but ``held_out``, score ``held_out``."""
+def run_fold(config, data: Path, held_out: str, out: Path, threads: int, flip: bool = False) -> dict:
+    """Train ``config`` on every environment but ``held_out``, score ``held_out`` (with
+    ``flip``: horizontal-flip test-time augmentation, reusing a model already trained)."""
     import torch
 
     from desertseg.evaluate import evaluate
@@ -42,25 +44,28 @@ def run_fold(config, data: Path, held_out: str, out: Path, threads: int) -> dict
     from desertseg.train import train
 
     config.train_split, config.val_split = str(out / "train_split.json"), "none"
-    done = out / "fold.json"
+    done = out / ("fold-flip.json" if flip else "fold.json")
     if done.is_file() and json.loads(done.read_text()).get("config") == asdict(config):
         return json.loads(done.read_text())
     torch.set_num_threads(threads)
     splits, _ = make_splits(data, [held_out])
     write_split_file(out / "train_split.json", splits["train"], data, "train")
     run_dir = out / "run"
+    trained = (run_dir / "last.safetensors").is_file() and json.loads((run_dir / "config.json").read_text()) == asdict(config)
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON only
-        train(config, data, run_dir, resume=run_dir.exists(), progress=False)
-    train_s = time.perf_counter() - t0
-    predictor = Predictor.from_checkpoint(run_dir / "last.safetensors", device="cpu", backend="torch")
+    if not trained:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON only
+            train(config, data, run_dir, resume=run_dir.exists(), progress=False)
+    train_s = None if trained else round(time.perf_counter() - t0, 1)
+    predictor = Predictor.from_checkpoint(run_dir / "last.safetensors", device="cpu", backend="torch", flip=flip)
     r = evaluate(predictor, splits["val"], progress=False, keep_per_image=False)
     result = {
         "held_out": held_out,
         "seed": config.seed,
         "train_images": len(splits["train"]),
         "test_images": r["images"],
-        "train_seconds": round(train_s, 1),
+        "train_seconds": train_s,
+        "tta": "flip" if flip else None,
         "miou_all": round(r["miou_all"], 4),
         "miou_present": round(r["miou_present"], 4),
         "pixel_accuracy": round(r["pixel_accuracy"], 4),
@@ -106,9 +111,26 @@ def summarize(folds: list[dict]) -> dict:
     return summary
 
 
+def table(summaries: list[Path]) -> str:
+    """The protocol table (recipe x fold, all-10 mIoU; mean over folds +- std over seeds) as Markdown."""
+    docs = [json.loads(Path(p).read_text()) for p in summaries]
+    envs = sorted({e for d in docs for e in d["per_fold"]})
+    lines = ["| recipe | seeds | " + " | ".join(f"{e} held out" for e in envs) + " | mean all-10 | mean present |", "|---|---:|" + "---:|" * (len(envs) + 2)]
+    fmt = lambda s: "" if s is None else f"{s['mean']:.4f}" + (f" ± {s['std']:.4f}" if s.get("std") is not None else "")  # noqa: E731
+    for d in docs:
+        folds = [fmt(d["per_fold"][e]["miou_all"]) if e in d["per_fold"] else "" for e in envs]
+        m = d["mean_over_folds"] or {}
+        seeds = ",".join(sorted({str(f["seed"]) for f in d["folds"]}))
+        lines.append(f"| {d['recipe']} | {seeds} | " + " | ".join(folds) + f" | {fmt(m.get('miou_all'))} | {fmt(m.get('miou_present'))} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     from desertseg.train import load_config, parse_override
 
+    if sys.argv[1:2] == ["--table"]:  # python benchmarks/generalisation.py --table runs/loeo/*/summary.json
+        print(table([Path(p) for p in sys.argv[2:]]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="default", help="preset name or .toml file")
     ap.add_argument("--fast", action="store_true", help=f"screening setting: {FAST}")
@@ -119,6 +141,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=SHARED, help="folder holding every environment's pairs")
     ap.add_argument("--out", type=Path, help="results folder (default runs/loeo/NAME)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--flip", action="store_true", help="score with horizontal-flip test-time augmentation (reuses trained folds)")
     args = ap.parse_args()
 
     name = args.name or Path(args.preset).stem + ("-fast" if args.fast else "")
@@ -133,11 +156,11 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         for env in args.folds.split(","):
             config = load_config(args.preset, {**overrides, "seed": seed})
-            result = run_fold(config, args.data, env, out / f"{env}-seed{seed}", args.threads)
+            result = run_fold(config, args.data, env, out / f"{env}-seed{seed}", args.threads, args.flip)
             print(f"{name}: held out {env}, seed {seed}: mIoU all {result['miou_all']:.4f}, present {result['miou_present']:.4f}", file=sys.stderr)
             folds.append(result)
     doc = {
-        "recipe": name,
+        "recipe": name + (" + flip TTA" if args.flip else ""),
         "preset": args.preset,
         "overrides": overrides,
         "protocol": "leave-one-environment-out over all shared Duality pairs; last epoch; full-resolution confusion matrix",
@@ -145,7 +168,7 @@ def main() -> None:
         **summarize(folds),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(doc, indent=1))
+    (out / ("summary-flip.json" if args.flip else "summary.json")).write_text(json.dumps(doc, indent=1))
     print(json.dumps(doc, indent=1))
 
 

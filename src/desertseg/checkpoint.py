@@ -132,7 +132,7 @@ def load_model(path: Path | str, allow_class_remap: bool = False) -> tuple[nn.Mo
     """
     from safetensors.torch import load_file
 
-    from .models import INPUT_NORMS, MODELS, build_model
+    from .models import MODELS, build_model
 
     path = Path(path)
     meta = read_metadata(path)
@@ -142,10 +142,7 @@ def load_model(path: Path | str, allow_class_remap: bool = False) -> tuple[nn.Mo
     name = meta.get("model")
     if name not in MODELS:
         raise CheckpointError(path, f"unknown model '{name}' (known: {', '.join(MODELS)})")
-    input_norm = meta.get("input_norm", "fixed")
-    if input_norm not in INPUT_NORMS:
-        raise CheckpointError(path, f"unknown input_norm {input_norm!r} (this version knows {', '.join(INPUT_NORMS)})")
-    model = build_model(name, int(meta["num_classes"]), pretrained=False, input_norm=input_norm)
+    model = build_model(name, int(meta["num_classes"]), pretrained=False)
     state = load_file(str(path))
     expected = model.state_dict()
     problems = state_mismatches(expected, state)

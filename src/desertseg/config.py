@@ -19,7 +19,6 @@ class TrainConfig:
 
     model: str = "unet_mobilenet_v2"
     pretrained: bool | str = "auto"
-    input_norm: str = "fixed"  # fixed (ImageNet mean/std) | image (each image standardised too)
     size: str = "480x272"  # WIDTHxHEIGHT
     epochs: int = 40
     batch_size: int = 8  # per process
@@ -35,7 +34,6 @@ class TrainConfig:
     label_smoothing: float = 0.0
     encoder_lr_mult: float = 1.0  # encoder learning rate = lr * this; 0 freezes the encoder
     augment: dict = field(default_factory=dict)
-    domain: dict = field(default_factory=dict)  # domain generalisation (desertseg.domain)
     cache: bool = True  # keep decoded, resized samples in memory (per loader process)
     cache_dir: str | None = None  # on-disk cache of decoded, resized samples (desertseg.cache)
     num_workers: int | str = "auto"  # DataLoader workers per process; "auto" from the CPU count

@@ -21,11 +21,9 @@ import torch
 
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .config import TrainConfig
-from .domain import DomainRandomizer, add_mixstyle
 from .losses import SegmentationLoss
 from .metrics import confusion_metric, summarize
 from .models import encoder_parameters
-from .transforms import denormalize, normalize
 
 
 class TrainingDiverged(FloatingPointError, RuntimeError):
@@ -136,15 +134,11 @@ def lightning_module():
             super().__init__()
             self.save_hyperparameters()
             self.cfg = TrainConfig(**config)
-            self.model = build_model(self.cfg.model, NUM_CLASSES, pretrained=self.cfg.pretrained, input_norm=self.cfg.input_norm)
+            self.model = build_model(self.cfg.model, NUM_CLASSES, pretrained=self.cfg.pretrained)
             w = torch.tensor(weights) if weights is not None else None
             self.criterion = SegmentationLoss(self.cfg.loss, class_weights=w, label_smoothing=self.cfg.label_smoothing)
             # Both are torchmetrics states summed over processes by compute() (dist_reduce_fx="sum"),
             # so under DDP the metrics are those of the whole validation set, not a mean of per-rank numbers.
-            self.domain = DomainRandomizer(self.cfg.domain)
-            if self.cfg.domain.get("mixstyle"):
-                d = self.cfg.domain
-                add_mixstyle(self.model, d["mixstyle"], d.get("mixstyle_alpha", 0.1), d.get("mixstyle_stages", 2))
             self.val_cm = confusion_metric()
             self.val_loss = MeanMetric()
 
@@ -153,8 +147,6 @@ def lightning_module():
 
         def training_step(self, batch, batch_idx):
             image, target = batch
-            if self.domain.active:  # style randomisation works on [0, 1] images
-                image = normalize(self.domain.images(denormalize(image)))
             loss = self.criterion(self.model(image), target)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(

@@ -27,7 +27,7 @@ from torch import nn
 
 from .checkpoint import META_KEY, CheckpointError, atomic_write, load_model
 from .errors import MissingExtra
-from .models import PadToMultiple, StandardizeInput, standardize_image
+from .models import PadToMultiple
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -51,9 +51,7 @@ class ExportGraph(nn.Module):
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
-        self.multiple, self.standardize_eps = 1, None
-        if isinstance(model, StandardizeInput):  # input_norm = "image"
-            model, self.standardize_eps = model.model, model.eps
+        self.multiple = 1
         if isinstance(model, PadToMultiple):
             model, self.multiple = model.model, model.multiple
         self.model = model
@@ -62,8 +60,6 @@ class ExportGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = (image - self.mean) / self.std
-        if self.standardize_eps is not None:
-            x = standardize_image(x, self.standardize_eps)
         if self.multiple == 1:
             return self.model(x)
         h, w = x.shape[-2], x.shape[-1]

@@ -81,32 +81,6 @@ class PadToMultiple(nn.Module):
         return self.model(x)[..., :h, :w]
 
 
-class StandardizeInput(nn.Module):
-    """Standardises each image by its own per-channel mean and std before the network.
-
-    A dusk-dark or low-contrast desert then gives the encoder the same input statistics as
-    the bright training ones (instance normalisation of the input); the network never sees
-    a global brightness or contrast it could tie a class to.
-    """
-
-    def __init__(self, model: nn.Module, eps: float = 1e-3):
-        super().__init__()
-        self.model = model
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(standardize_image(x, self.eps))
-
-
-def standardize_image(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Shape: ``(N, C, H, W)`` -> same, each image and channel at mean 0, std 1."""
-    return (x - x.mean((2, 3), keepdim=True)) / (x.std((2, 3), keepdim=True) + eps)
-
-
-# How a model's input is normalised beyond the fixed ImageNet mean/std every backend applies.
-INPUT_NORMS = ("fixed", "image")
-
-
 def _resolve(pretrained: Pretrained, name: str, load: Callable[[], None], how: str) -> None:
     """Run ``load``; on failure warn and go on (``"auto"``) or raise with how to fix it (``True``)."""
     if pretrained is False:
@@ -201,34 +175,22 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def core_model(model: nn.Module) -> nn.Module:
-    """The network inside the wrappers (:class:`StandardizeInput`, :class:`PadToMultiple`,
-    :class:`LogitsOnly`): the module that has the ``encoder`` or ``backbone``."""
-    while not (hasattr(model, "encoder") or hasattr(model, "backbone")) and isinstance(getattr(model, "model", None), nn.Module):
-        model = model.model
-    return model
-
-
 def encoder_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Parameters of the pretrained encoder (backbone) of a registered model, for per-part learning rates."""
-    inner = core_model(model)
+    inner = getattr(model, "model", model)
     part = getattr(inner, "encoder", None) or getattr(inner, "backbone", None)
     return list(part.parameters()) if part is not None else []
 
 
-def build_model(name: str, num_classes: int, pretrained: Pretrained = "auto", input_norm: str = "fixed") -> nn.Module:
+def build_model(name: str, num_classes: int, pretrained: Pretrained = "auto") -> nn.Module:
     """Build a registered model returning ``(N, num_classes, H, W)`` logits.
 
     ``pretrained``: ``True`` requires ImageNet encoder weights (raises
     :class:`PretrainedUnavailable` with how to provide them), ``"auto"`` uses them when they
     are cached or downloadable and warns otherwise, ``False`` starts from scratch.
-    ``input_norm="image"`` puts :class:`StandardizeInput` in front (recorded in model files).
     """
     if name not in MODELS:
         raise UnknownName(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
     if pretrained not in (True, False, "auto"):
         raise ValueError(f"pretrained must be True, False or 'auto', got {pretrained!r}")
-    if input_norm not in INPUT_NORMS:
-        raise ValueError(f"input_norm must be one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
-    model = MODELS[name](num_classes, pretrained)
-    return StandardizeInput(model) if input_norm == "image" else model
+    return MODELS[name](num_classes, pretrained)

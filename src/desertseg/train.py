@@ -241,7 +241,7 @@ def train(
         metrics = {"epoch": ckpt["epoch"]}
         if tag == "best":
             metrics["val_miou_at_input_size"] = best_score
-        save_model(out / f"{tag}.safetensors", module.model, make_metadata(config.model, size, asdict(config), metrics, input_norm=config.input_norm))
+        save_model(out / f"{tag}.safetensors", module.model, make_metadata(config.model, size, asdict(config), metrics))
         result[tag] = metrics
     plot_curves(out / "metrics.csv", out / "curves.png")
     return result

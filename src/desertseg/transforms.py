@@ -42,13 +42,6 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
     return (image - mean) / std
 
 
-def denormalize(image: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`normalize`: back to float in [0, 1]."""
-    mean = torch.tensor(MEAN, device=image.device, dtype=image.dtype).view(-1, 1, 1)
-    std = torch.tensor(STD, device=image.device, dtype=image.dtype).view(-1, 1, 1)
-    return image * std + mean
-
-
 def _rand(lo: float, hi: float) -> float:
     return lo + (hi - lo) * torch.rand(()).item()
 
