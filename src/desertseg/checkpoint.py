@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .classes import class_table
@@ -31,7 +31,9 @@ class CheckpointError(Exception):
         super().__init__(f"{path}: {problem}")
 
 
-def make_metadata(model_name: str, input_size: tuple[int, int], config: dict | None = None, metrics: dict | None = None, **extra) -> dict:
+def make_metadata(model_name: str, input_size: tuple[int, int], config: dict | None = None, metrics: dict | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None, **extra) -> dict:
+    """``mean``/``std``: the input normalisation the model was trained with (default ImageNet's,
+    which training applies, see :func:`desertseg.transforms.normalize`)."""
     from .transforms import MEAN, STD
 
     return {
@@ -40,13 +42,29 @@ def make_metadata(model_name: str, input_size: tuple[int, int], config: dict | N
         "num_classes": len(class_table()),
         "classes": class_table(),
         "input_size": list(input_size),  # (H, W)
-        "mean": list(MEAN),
-        "std": list(STD),
+        "mean": [float(v) for v in (MEAN if mean is None else mean)],
+        "std": [float(v) for v in (STD if std is None else std)],
         "config": config or {},
         "metrics": metrics or {},
         "desertseg_version": __version__,
         **extra,
     }
+
+
+def input_normalisation(meta: dict, path: Path | str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` from a model file's metadata: every backend normalises its [0, 1] RGB input
+    with these, as the model was trained. A file without them is refused, never guessed."""
+    try:
+        mean, std = tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"])
+    except (KeyError, TypeError, ValueError):
+        mean = std = ()
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise CheckpointError(
+            path,
+            f"metadata lacks a valid input normalisation (mean {meta.get('mean')!r}, std {meta.get('std')!r}; three numbers each, std > 0), "
+            "so how to scale its input is unknown; re-import the weights with `desertseg import-model --normalisation ...`",
+        )
+    return mean, std
 
 
 def atomic_write(path: Path, write) -> None:
@@ -139,6 +157,7 @@ def load_model(path: Path | str, allow_class_remap: bool = False) -> tuple[nn.Mo
     if meta.get("classes") != class_table() and not allow_class_remap:
         theirs = [c.get("name") for c in meta.get("classes", [])]
         raise CheckpointError(path, f"model was trained with a different class table ({theirs}); pass allow_class_remap to use it anyway")
+    input_normalisation(meta, path)
     name = meta.get("model")
     if name not in MODELS:
         raise CheckpointError(path, f"unknown model '{name}' (known: {', '.join(MODELS)})")

@@ -486,23 +486,35 @@ def import_model_cmd(
     out: Path = typer.Option(..., help="Output .safetensors file."),
     size: str = typer.Option("256x256", help="Input size the model was trained at, WIDTHxHEIGHT."),
     trust_pickle: bool = typer.Option(False, help="Load a whole pickled model object. This RUNS CODE FROM THE FILE: only for files you trust."),
+    normalisation: Optional[str] = typer.Option(
+        None,
+        help="How the model's input was scaled in training; recorded in the file and applied by every backend. "
+        "imagenet (the default): [0, 1] RGB minus mean 0.485,0.456,0.406, divided by std 0.229,0.224,0.225, as "
+        "torchvision's and segmentation-models-pytorch's pretrained encoders expect. none: plain ToTensor [0, 1] "
+        "input, as the published Duality system trains; use none for its models. Or MEAN:STD, three "
+        "comma-separated numbers each, e.g. 0.5,0.5,0.5:0.25,0.25,0.25. A wrong choice gives wrong masks, not an error.",
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
 ) -> None:
     """Convert a model trained elsewhere into a desertseg .safetensors file (no unpickling unless --trust-pickle)."""
     import warnings
 
     from .data import parse_size
-    from .importer import PickleTrustWarning, import_model
+    from .importer import PickleTrustWarning, import_model, parse_normalisation
 
     if out.exists() and not overwrite:
         _fail(f"{out} already exists; pass --overwrite to replace it")
     input_size = parse_size(size)
+    chosen = normalisation or "imagenet"
+    mean, std = parse_normalisation(chosen)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PickleTrustWarning)
         if trust_pickle:
             typer.echo(f"WARNING: --trust-pickle: if {file} is a pickled object, loading it runs code from the file. Only use files from a source you trust.", err=True)
-        path = import_model(file, arch, out, input_size=input_size, trust_pickle=trust_pickle)
-    typer.echo(f"Wrote {path} ({arch}, input {input_size[1]}x{input_size[0]}); inspect it with `desertseg info {path}`")
+        path = import_model(file, arch, out, input_size=input_size, trust_pickle=trust_pickle, normalisation=chosen)
+    typer.echo(f"Wrote {path} ({arch}, input {input_size[1]}x{input_size[0]}, normalisation {chosen}: mean {list(mean)}, std {list(std)}); inspect it with `desertseg info {path}`")
+    if normalisation is None:
+        typer.echo("note: ImageNet input normalisation recorded (the default); if the model was trained on plain ToTensor input, as the published Duality system is, re-import with --normalisation none", err=True)
 
 
 # Errors that report the user's data, arguments or machine rather than a bug: file-system and

@@ -1,9 +1,10 @@
 """ONNX export of a model file, its parity check against PyTorch, and loading it in onnxruntime.
 
 The exported graph is self-contained: it takes RGB images as float in [0, 1] and folds the
-ImageNet normalisation and the pad-to-/32-then-crop step inside, with dynamic batch, height
-and width; the model file's JSON metadata travels in the ONNX ``metadata_props`` under the
-same key as in the ``.safetensors`` header, so an ``.onnx`` file describes itself too.
+model file's input normalisation (its metadata's ``mean``/``std``) and the pad-to-/32-then-crop
+step inside, with dynamic batch, height and width; the model file's JSON metadata travels in
+the ONNX ``metadata_props`` under the same key as in the ``.safetensors`` header, so an
+``.onnx`` file describes itself too.
 
 Shape:
     graph input ``image`` ``(N, 3, H, W)`` float32 in [0, 1]; output ``logits`` ``(N, C, H, W)``.
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import META_KEY, CheckpointError, atomic_write, load_model
+from .checkpoint import META_KEY, CheckpointError, atomic_write, input_normalisation, load_model
 from .errors import MissingExtra
 from .models import PadToMultiple
 
@@ -93,7 +94,7 @@ def to_onnx_bytes(model: nn.Module, metadata: dict, opset: int = OPSET, example_
     """
     import onnx
 
-    graph = ExportGraph(model.eval().float().cpu(), metadata.get("mean", (0.485, 0.456, 0.406)), metadata.get("std", (0.229, 0.224, 0.225))).eval()
+    graph = ExportGraph(model.eval().float().cpu(), *input_normalisation(metadata, metadata.get("path", "model metadata"))).eval()
     h, w = example_size or tuple(metadata.get("input_size", (256, 256)))
     example = torch.rand(2, 3, h, w)
     errors = []
@@ -171,16 +172,19 @@ class Parity:
 
 
 def parity_check(model: nn.Module, session, images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]) -> Parity:
-    """Run PyTorch ``model`` (normalised input) and the ONNX ``session`` ([0, 1] input) on
-    ``images`` resized to each of ``sizes`` = (H, W), as one batch per size."""
+    """Run PyTorch ``model`` (input normalised with the mean/std in the session's metadata) and
+    the ONNX ``session`` ([0, 1] input) on ``images`` resized to each of ``sizes`` = (H, W), as
+    one batch per size."""
     from .data import resize_image
     from .transforms import normalize
+
+    mean, std = input_normalisation(session_metadata(session, "ONNX model"), "ONNX model")
 
     diff, agree, total = 0.0, 0, 0
     for size in sizes:
         x = torch.from_numpy(np.stack([resize_image(im, size) for im in images])).permute(0, 3, 1, 2).float().div_(255)
         with torch.inference_mode():
-            ref = model.eval().float().cpu()(normalize(x)).float().numpy()
+            ref = model.eval().float().cpu()(normalize(x, mean, std)).float().numpy()
         out = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
         if out.shape != ref.shape:
             raise RuntimeError(f"ONNX output shape {out.shape} differs from PyTorch's {ref.shape} at input size {size}")

@@ -10,6 +10,10 @@ A whole pickled model (``torch.save(model)``, as the published system does) can 
 by running code from the file, so it is refused unless the user passes ``trust_pickle``: then
 it is loaded with ``weights_only=False`` after a loud warning. The output is written with
 :func:`desertseg.checkpoint.save_model`, so ``desertseg info/predict/evaluate`` use it as is.
+
+The input normalisation the weights were trained with is recorded in the file (``mean``/``std``)
+and every backend applies it: ``imagenet`` for torchvision/smp-style training (the default),
+``none`` for training on plain ``ToTensor`` output in [0, 1] (the published Duality system).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from torch import nn
 
 from .checkpoint import CheckpointError, make_metadata, save_model, state_mismatches
 from .classes import NUM_CLASSES
+from .transforms import MEAN, STD
 
+NORMALISATIONS = {"imagenet": (MEAN, STD), "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 STRIP_ALWAYS = ("module.", "_orig_mod.")
 
@@ -156,11 +162,27 @@ def convert(state: dict[str, torch.Tensor], arch: str, path: Path | str = "?") -
     return model.eval()
 
 
-def import_model(src: Path | str, arch: str, out: Path | str, input_size: tuple[int, int] = (256, 256), trust_pickle: bool = False) -> Path:
-    """Convert ``src`` into a desertseg ``.safetensors`` file at ``out``; ``input_size`` is (H, W)."""
+def parse_normalisation(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``none``, ``imagenet`` or ``MEAN:STD`` (three comma-separated numbers each, e.g.
+    ``0.5,0.5,0.5:0.25,0.25,0.25``) -> ``(mean, std)`` for [0, 1] RGB input."""
+    if text.strip().lower() in NORMALISATIONS:
+        return NORMALISATIONS[text.strip().lower()]
+    try:
+        mean, std = (tuple(float(v) for v in part.split(",")) for part in text.split(":"))
+    except ValueError:
+        mean = std = ()
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"normalisation must be none, imagenet or MEAN:STD with three comma-separated numbers each and std > 0 (e.g. 0.5,0.5,0.5:0.25,0.25,0.25); got {text!r}")
+    return mean, std
+
+
+def import_model(src: Path | str, arch: str, out: Path | str, input_size: tuple[int, int] = (256, 256), trust_pickle: bool = False, normalisation: str = "imagenet") -> Path:
+    """Convert ``src`` into a desertseg ``.safetensors`` file at ``out``; ``input_size`` is (H, W),
+    ``normalisation`` the input scaling the weights were trained with (see :func:`parse_normalisation`)."""
+    mean, std = parse_normalisation(normalisation)
     src = Path(src)
     obj = load_source(src, trust_pickle=trust_pickle)
     model = convert(extract_state_dict(obj, src), arch, src)
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    meta = make_metadata(arch, input_size, config={"model": arch, "imported": True}, imported_from={"file": src.name, "sha256": digest, "pickle_trusted": bool(trust_pickle)})
+    meta = make_metadata(arch, input_size, config={"model": arch, "imported": True}, mean=mean, std=std, imported_from={"file": src.name, "sha256": digest, "pickle_trusted": bool(trust_pickle)})
     return save_model(out, model, meta)

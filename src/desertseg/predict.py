@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import default_model_path, load_model
+from .checkpoint import default_model_path, input_normalisation, load_model
 from .runtime import (
     OnnxRunner,
     TorchRunner,
@@ -65,7 +65,8 @@ class Predictor:
     Args:
         model: a module mapping ``(N, 3, h, w)`` normalised images to ``(N, C, h, w)`` logits,
             or an onnxruntime session of a graph exported by :mod:`desertseg.export`.
-        metadata: the model file's metadata (input size, classes, ...).
+        metadata: the model file's metadata (input size, classes, ``mean``/``std``: the input
+            normalisation the model was trained with, required).
         device: ``"cpu"``, ``"cuda"`` or ``None`` for CUDA when present.
         flip: test-time augmentation with a horizontal flip (probabilities averaged).
         scales: test-time multi-scale factors of the input size, e.g. ``(0.75, 1.0, 1.25)``.
@@ -80,6 +81,7 @@ class Predictor:
     def __init__(self, model, metadata: dict, device: str | None = None, flip: bool = False, scales: Sequence[float] = (1.0,), sliding_window: bool = False, backend: str = "auto", bf16: bool = False, compile: bool = False):
         check_backend(backend)
         self.device = pick_device(device)
+        mean, std = input_normalisation(metadata, metadata.get("path", "model metadata"))
         if _is_session(model):
             if backend == "torch":
                 raise ValueError("an ONNX model runs only with backend 'onnx'; load the .safetensors model file for the torch backend")
@@ -91,7 +93,7 @@ class Predictor:
             self.model, self.runner = session, OnnxRunner(session)
         else:
             self.model = model.eval().to(self.device)
-            self.runner = TorchRunner(self.model, self.device, bf16=bf16, compile=compile)
+            self.runner = TorchRunner(self.model, self.device, mean, std, bf16=bf16, compile=compile)
         self.backend = self.runner.name
         self.metadata = metadata
         self.input_size: tuple[int, int] = tuple(metadata["input_size"])  # (H, W)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -66,7 +67,9 @@ def fuse_conv_bn(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class TorchRunner:
-    """Eager PyTorch: ``(N, 3, h, w)`` float in [0, 1] -> ``(N, C, h, w)`` float32 logits.
+    """Eager PyTorch: ``(N, 3, h, w)`` float in [0, 1] -> ``(N, C, h, w)`` float32 logits, the
+    input normalised with ``mean``/``std`` (the model file's, see
+    :func:`desertseg.checkpoint.input_normalisation`).
 
     ``bf16``: autocast to bfloat16, kept only if on the first batch it agrees with float32
     on >= 99.9% of pixels and (on CPU) is faster; otherwise a warning says why it is off.
@@ -75,8 +78,9 @@ class TorchRunner:
 
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, bf16: bool = False, compile: bool = False):
+    def __init__(self, model: torch.nn.Module, device: torch.device, mean: Sequence[float], std: Sequence[float], bf16: bool = False, compile: bool = False):
         self.device = device
+        self.mean, self.std = tuple(mean), tuple(std)
         self.net = fuse_conv_bn(model).to(device)
         self.channels_last = True
         self.net = self.net.to(memory_format=torch.channels_last)
@@ -93,7 +97,7 @@ class TorchRunner:
             return self.net(x).float()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = normalize(x.to(self.device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+        x = normalize(x.to(self.device, non_blocking=True), self.mean, self.std).contiguous(memory_format=torch.channels_last)
         if not self._bf16_checked:
             return self._check_bf16(x)
         return self._forward(x, self.bf16)

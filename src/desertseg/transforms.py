@@ -7,6 +7,8 @@ Which ones run and how strongly comes from the preset's ``[augment]`` table.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from .classes import IGNORE_INDEX
@@ -35,10 +37,11 @@ AUGMENT_KEYS = {
 }
 
 
-def normalize(image: torch.Tensor) -> torch.Tensor:
-    """``(N, 3, H, W)`` or ``(3, H, W)`` float in [0, 1] -> ImageNet-normalised."""
-    mean = torch.tensor(MEAN, device=image.device, dtype=image.dtype).view(-1, 1, 1)
-    std = torch.tensor(STD, device=image.device, dtype=image.dtype).view(-1, 1, 1)
+def normalize(image: torch.Tensor, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> torch.Tensor:
+    """``(N, 3, H, W)`` or ``(3, H, W)`` float in [0, 1] -> ``(image - mean) / std`` per channel
+    (ImageNet statistics unless given; inference passes the model file's own)."""
+    mean = torch.tensor(mean, device=image.device, dtype=image.dtype).view(-1, 1, 1)
+    std = torch.tensor(std, device=image.device, dtype=image.dtype).view(-1, 1, 1)
     return (image - mean) / std
 
 
