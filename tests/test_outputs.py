@@ -114,3 +114,88 @@ def test_coarse_view_and_cost_map_follow_the_class_table(predictor, inputs, tmp_
     groups = to_groups(index)
     for g in np.unique(groups):
         assert len(np.unique(coarse[groups == g], axis=0)) == 1
+
+
+def test_recursive_folder_keeps_sub_folders_apart(predictor, duality_root, tmp_path):
+    reals = sorted((duality_root / "val" / "Color_Images").iterdir())[:3]
+    folder = tmp_path / "in"
+    for sub, real in (("day1", reals[0]), ("day2", reals[1])):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "a.png").symlink_to(real)
+    (folder / "top.png").symlink_to(reals[2])
+    summary = predict_paths(predictor, [folder], tmp_path / "flat", progress=False)
+    assert summary.written == 1 and sorted(p.name for p in (tmp_path / "flat" / "index").iterdir()) == ["top.png"]
+    out = tmp_path / "out"
+    summary = predict_paths(predictor, [folder], out, recursive=True, batch_size=1, progress=False)
+    assert summary.ok and summary.written == 3
+    assert sorted(p.relative_to(out / "index").as_posix() for p in (out / "index").rglob("*.png")) == ["day1/a.png", "day2/a.png", "top.png"]
+    assert (out / "overlay" / "day2" / "a.jpg").exists()
+    one = predict_paths(predictor, [reals[1]], tmp_path / "one", progress=False)
+    assert one.written == 1 and (out / "raw" / "day2" / "a.png").read_bytes() == (tmp_path / "one" / "raw" / f"{reals[1].stem}.png").read_bytes()
+
+
+def test_resume_redoes_only_unfinished_images_and_removes_temp_files(predictor, inputs, tmp_path):
+    folder, stems = inputs
+    out = tmp_path / "out"
+    first = predict_paths(predictor, [folder], out, batch_size=1, progress=False)  # same batches when resumed
+    assert first.written == 3
+    reference = (out / "overlay" / f"{stems[1]}.jpg").read_bytes()
+    (out / "overlay" / f"{stems[1]}.jpg").unlink()  # killed before its last output
+    (out / "index" / f".{stems[2]}.png.x1y2.tmp").write_bytes(b"half")  # a kill's leftover
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        predict_paths(predictor, [folder], out, progress=False)
+    summary = predict_paths(predictor, [folder], out, resume=True, batch_size=1, progress=False)
+    assert (summary.skipped, summary.written) == (2, 1)
+    assert len(summary.errors) == 1 and "broken.png" in summary.errors[0]  # still reported
+    assert (out / "overlay" / f"{stems[1]}.jpg").read_bytes() == reference
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+    # Asking for one more output makes every image unfinished.
+    again = predict_paths(predictor, [folder], out, resume=True, confidence=True, progress=False)
+    assert (again.skipped, again.written) == (0, 3) and len(list((out / "confidence").iterdir())) == 3
+
+
+def _popen_predict(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "desertseg.cli", "predict", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_cli_resume_after_kill_9_matches_an_uninterrupted_run(tiny_run, unseen_dir, tmp_path):
+    import signal
+    import time
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in sorted((unseen_dir / "Color_Images").iterdir())[:12]:
+        (folder / p.name).symlink_to(p)
+    # Batch size 1: a batched forward pass can round differently (about 1 pixel in 500,000 flips
+    # class), and a resumed run batches the remaining images differently.
+    common = ["--checkpoint", str(tiny_run / "best.safetensors"), "--device", "cpu", "--batch-size", "1"]
+    out, ref = tmp_path / "out", tmp_path / "ref"
+
+    proc = _popen_predict(str(folder), "--out", str(out), *common)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (out / "overlay").is_dir() and len([p for p in (out / "overlay").iterdir() if not p.name.startswith(".")]) >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    kinds = ("index", "raw", "color", "overlay")
+    done = [p.stem for p in (out / "overlay").iterdir() if not p.name.startswith(".")]
+    done = [s for s in done if all((out / k / f"{s}{'.jpg' if k == 'overlay' else '.png'}").exists() for k in kinds)]
+    assert 3 <= len(done) < 12
+    for p in out.rglob("*"):  # every file under an output name is whole
+        if p.is_file() and not p.name.startswith("."):
+            Image.open(p).load()
+
+    r = subprocess.run(proc.args[:4] + [str(folder), "--out", str(out), *common, "--resume"], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert f"Skipped {len(done)} images" in r.stdout and f"Wrote outputs of {12 - len(done)} images" in r.stdout
+    r = subprocess.run(proc.args[:4] + [str(folder), "--out", str(ref), *common], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr
+    files = sorted(p.relative_to(ref) for p in ref.rglob("*") if p.is_file())
+    assert len(files) == 12 * len(kinds)
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == files  # no temp files either
+    for f in files:
+        assert (out / f).read_bytes() == (ref / f).read_bytes(), f

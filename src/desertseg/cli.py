@@ -218,15 +218,19 @@ def predict(
     coarse: bool = typer.Option(False, help="Also write the coarse-group view (sky, tall and low vegetation, traversable ground, obstacle)."),
     backend: str = typer.Option("auto", help="Inference backend: auto (onnxruntime for an .onnx file, PyTorch for a .safetensors file: the faster one on CPU here), torch or onnx (reuses an export of the same file lying beside it)."),
     cost_map: bool = typer.Option(False, help="Also write an 8-bit traversability cost map per image (0 free ... 254 lethal, 255 unknown; costs per class in desertseg.coarse)."),
+    recursive: bool = typer.Option(False, help="Search folders recursively; outputs keep the sub-folders (index/day1/a.png, index/day2/a.png)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run into the same --out: skip images whose requested outputs all exist, remove temporary files the interruption left (videos are segmented again)."),
 ) -> None:
     """Segment images and videos: class-index, raw-id, colour, overlay and confidence masks at each image's own size, overlay videos with per-frame class shares."""
     from .outputs import check_out_dir, predict_paths
 
-    check_out_dir(out, overwrite)
+    check_out_dir(out, overwrite or resume)
     predictor = _predictor(checkpoint, device, flip, scales, sliding_window, backend)
     typer.echo(f"Model: {predictor.name} on {predictor.device}", err=True)
-    summary = predict_paths(predictor, inputs, out, opacity=opacity, confidence=confidence, batch_size=batch_size, overwrite=overwrite, coarse=coarse, cost=cost_map)
+    summary = predict_paths(predictor, inputs, out, opacity=opacity, confidence=confidence, batch_size=batch_size, overwrite=overwrite, coarse=coarse, cost=cost_map, recursive=recursive, resume=resume)
     typer.echo(f"Wrote outputs of {summary.written} images and {summary.videos} videos to {out}")
+    if resume:
+        typer.echo(f"Skipped {summary.skipped} images whose outputs already existed")
     if summary.errors:
         typer.echo(f"{len(summary.errors)} inputs failed:", err=True)
         for e in summary.errors:

@@ -13,7 +13,13 @@ folder::
 
 Videos go to ``video/<stem>.mp4`` plus ``video/<stem>_class_shares.csv`` (see :mod:`desertseg.video`).
 A bad file is reported in the returned :class:`Summary` and skipped; the rest finish.
-Every file is written under a temporary name and renamed, so a crash never leaves half files.
+Images stream through in batches: memory does not grow with the number of inputs.
+With ``recursive``, images in sub-folders of a folder input keep their relative path
+(``index/day1/a.png``, ``index/day2/a.png``).
+
+Every file is written under a temporary name (``.<name>.*``, beside it) and renamed, so a crash
+never leaves half files under an output name. ``resume`` continues a killed run: an image whose
+requested outputs all exist is skipped, and temporary files left by the kill are removed.
 
 Shape: images ``(H, W, 3)`` uint8 RGB in; masks ``(H, W)`` out at the same ``H, W``.
 """
@@ -21,6 +27,7 @@ Shape: images ``(H, W, 3)`` uint8 RGB in; masks ``(H, W)`` out at the same ``H, 
 from __future__ import annotations
 
 import glob
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -43,6 +50,7 @@ class Summary:
     out_dir: Path
     written: int = 0  # images
     videos: int = 0
+    skipped: int = 0  # images whose outputs all existed (resume)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -60,25 +68,30 @@ def check_out_dir(out_dir: Path | str, overwrite: bool = False) -> Path:
     return out_dir
 
 
-def collect_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Path], list[str]]:
-    """Expand files, folders (not recursive) and glob patterns into ``(images, videos, errors)``.
+def collect_inputs(inputs: Iterable[str | Path], recursive: bool = False) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]], list[str]]:
+    """Expand files, folders and glob patterns into ``(images, videos, errors)``.
 
-    Duplicates are dropped; inputs that match nothing or are not images/videos become errors.
+    Images and videos are ``(path, output name)`` pairs. The name is the file stem, or for a
+    file found in a folder input its path relative to that folder without the suffix (with
+    ``recursive``, sub-folders are searched and ``sub/a`` keeps them apart). A repeated name
+    (a.png and a.jpg) gets a ``-2``, ``-3`` suffix. Duplicates are dropped; inputs that match
+    nothing or are not images/videos become errors.
     """
-    images: list[Path] = []
-    videos: list[Path] = []
+    images: list[tuple[Path, str]] = []
+    videos: list[tuple[Path, str]] = []
     errors: list[str] = []
-    seen: set[Path] = set()
+    seen: set[str] = set()
+    suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
 
-    def add(path: Path, explicit: bool) -> None:
-        key = path.resolve()
+    def add(path: Path, name: str, explicit: bool) -> None:
+        key = os.path.abspath(path)  # the same path twice; a symlink under another name is another input
         if key in seen:
             return
         suffix = path.suffix.lower()
         if suffix in IMAGE_SUFFIXES:
-            images.append(path)
+            images.append((path, name))
         elif suffix in VIDEO_SUFFIXES:
-            videos.append(path)
+            videos.append((path, name))
         elif explicit:
             errors.append(f"{path}: not a supported image ({', '.join(IMAGE_SUFFIXES)}) or video ({', '.join(VIDEO_SUFFIXES)}) file")
             return
@@ -89,34 +102,49 @@ def collect_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Path]
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = [p for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]
+            found = sorted(path.rglob("*") if recursive else path.iterdir())
+            found = [p for p in found if p.is_file() and p.suffix.lower() in suffixes]
             if not found:
                 errors.append(f"{path}: folder holds no images or videos")
             for p in found:
-                add(p, explicit=False)
+                add(p, p.relative_to(path).with_suffix("").as_posix(), explicit=False)
         elif path.exists():
-            add(path, explicit=True)
+            add(path, path.stem, explicit=True)
         elif glob.has_magic(str(item)):
             matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
-            files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]
+            files = [m for m in matches if m.is_file() and m.suffix.lower() in suffixes]
             if not files:
                 errors.append(f"{item}: pattern matches no images or videos")
             for p in files:
-                add(p, explicit=False)
+                add(p, p.stem, explicit=False)
         else:
             errors.append(f"{path}: file not found")
-    return images, videos, errors
+    return _unique_names(images), _unique_names(videos), errors
 
 
-def _unique_stems(paths: Sequence[Path]) -> list[str]:
-    """Output names from file stems; a repeated stem (a.png and a.jpg) gets a ``-2``, ``-3`` suffix."""
+def _unique_names(items: Sequence[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """A repeated output name (a.png and a.jpg) gets a ``-2``, ``-3`` suffix."""
     used: dict[str, int] = {}
-    names = []
-    for p in paths:
-        n = used.get(p.stem, 0) + 1
-        used[p.stem] = n
-        names.append(p.stem if n == 1 else f"{p.stem}-{n}")
-    return names
+    out = []
+    for path, name in items:
+        n = used.get(name, 0) + 1
+        used[name] = n
+        out.append((path, name if n == 1 else f"{name}-{n}"))
+    return out
+
+
+def output_paths(out_dir: Path, name: str, confidence: bool = False, coarse: bool = False, cost: bool = False) -> dict[str, Path]:
+    """The files :func:`write_outputs` writes for one image, by subfolder."""
+    kinds = ["index", "raw", "color", "overlay"] + ["confidence"] * confidence + ["coarse"] * coarse + ["cost"] * cost
+    return {k: Path(out_dir) / k / f"{name}{'.jpg' if k == 'overlay' else '.png'}" for k in kinds}
+
+
+def remove_temporary_files(out_dir: Path) -> None:
+    """Delete the temporary files (``.<name>.*``) a killed run left in the output subfolders."""
+    for sub in SUBFOLDERS:
+        for p in (Path(out_dir) / sub).rglob(".*"):
+            if p.is_file():
+                p.unlink()
 
 
 def _save(array: np.ndarray, path: Path, fmt: str, **kwargs) -> None:
@@ -128,21 +156,21 @@ def write_outputs(out_dir: Path, name: str, image: np.ndarray, mask: np.ndarray,
     """Write one image's index, raw-id, colour, overlay (and confidence, coarse, cost) files."""
     from .visualize import confidence_image, overlay
 
-    out_dir = Path(out_dir)
-    _save(np.ascontiguousarray(mask, dtype=np.uint8), out_dir / "index" / f"{name}.png", "PNG")
+    paths = output_paths(out_dir, name, confidence is not None, coarse, cost)
+    _save(np.ascontiguousarray(mask, dtype=np.uint8), paths["index"], "PNG")
     # PIL stores a uint16 array as a 16-bit greyscale PNG (mode I;16), like Duality's masks.
-    _save(np.ascontiguousarray(index_to_raw(mask)), out_dir / "raw" / f"{name}.png", "PNG")
-    _save(colorize(mask), out_dir / "color" / f"{name}.png", "PNG")
-    _save(overlay(image, mask, opacity), out_dir / "overlay" / f"{name}.jpg", "JPEG", quality=92)
+    _save(np.ascontiguousarray(index_to_raw(mask)), paths["raw"], "PNG")
+    _save(colorize(mask), paths["color"], "PNG")
+    _save(overlay(image, mask, opacity), paths["overlay"], "JPEG", quality=92)
     if confidence is not None:
-        _save(confidence_image(confidence), out_dir / "confidence" / f"{name}.png", "PNG")
+        _save(confidence_image(confidence), paths["confidence"], "PNG")
     if coarse or cost:
         from .coarse import colorize_groups, cost_map, to_groups
 
         if coarse:
-            _save(colorize_groups(to_groups(mask)), out_dir / "coarse" / f"{name}.png", "PNG")
+            _save(colorize_groups(to_groups(mask)), paths["coarse"], "PNG")
         if cost:
-            _save(cost_map(mask), out_dir / "cost" / f"{name}.png", "PNG")
+            _save(cost_map(mask), paths["cost"], "PNG")
 
 
 def predict_paths(
@@ -156,17 +184,22 @@ def predict_paths(
     progress: bool = True,
     coarse: bool = False,
     cost: bool = False,
+    recursive: bool = False,
+    resume: bool = False,
 ) -> Summary:
     """Segment every image and video in ``inputs`` with ``predictor`` and write the outputs.
 
     Args:
         predictor: a :class:`desertseg.predict.Predictor`.
         inputs: files, folders or glob patterns of images and videos.
-        out_dir: output folder; refused when it exists and is not empty unless ``overwrite``.
+        out_dir: output folder; refused when it exists and is not empty unless ``overwrite`` or ``resume``.
         opacity: colour opacity of overlays, in [0, 1].
         confidence: also write confidence maps (needs probabilities: slower, more memory).
         batch_size: images per forward pass.
         coarse: also write the coarse-group view; cost: also write traversability cost maps.
+        recursive: search folder inputs recursively; outputs keep the relative sub-folders.
+        resume: skip images whose requested outputs all exist (counted in ``skipped``) and
+            remove temporary files left by a killed run; videos are segmented again.
 
     Returns a :class:`Summary`; inputs that could not be read are listed in ``errors``.
     """
@@ -176,33 +209,43 @@ def predict_paths(
         raise ValueError(f"opacity must lie in [0, 1], got {opacity}")
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    out_dir = check_out_dir(out_dir, overwrite)
-    images, videos, errors = collect_inputs(inputs)
+    out_dir = check_out_dir(out_dir, overwrite or resume)
+    images, videos, errors = collect_inputs(inputs, recursive)
     summary = Summary(out_dir, errors=errors)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        remove_temporary_files(out_dir)
 
-    names = _unique_stems(images)
     with tqdm(total=len(images), desc="predict", unit="img", disable=not progress or not images) as bar:
-        for start in range(0, len(images), batch_size):
-            batch: list[tuple[str, np.ndarray]] = []
-            for path, name in zip(images[start : start + batch_size], names[start : start + batch_size]):
-                try:
-                    batch.append((name, read_image(path)))
-                except DataError as e:
-                    summary.errors.append(str(e))
-                    bar.update(1)
-            if not batch:
-                continue
+
+        def run(batch: list[tuple[str, np.ndarray]]) -> None:
             preds = predictor.predict_batch([im for _, im in batch], return_probs=confidence)
             for (name, image), pred in zip(batch, preds):
                 write_outputs(out_dir, name, image, pred.mask, opacity, pred.confidence if confidence else None, coarse, cost)
                 summary.written += 1
                 bar.update(1)
 
+        batch: list[tuple[str, np.ndarray]] = []  # at most batch_size decoded images at a time
+        for path, name in images:
+            if resume and all(p.exists() for p in output_paths(out_dir, name, confidence, coarse, cost).values()):
+                summary.skipped += 1
+                bar.update(1)
+                continue
+            try:
+                batch.append((name, read_image(path)))
+            except DataError as e:
+                summary.errors.append(str(e))
+                bar.update(1)
+            if len(batch) == batch_size:
+                run(batch)
+                batch = []
+        if batch:
+            run(batch)
+
     if videos:
         from .video import predict_video
 
-        for path, name in zip(videos, _unique_stems(videos)):
+        for path, name in videos:
             try:
                 predict_video(predictor, path, out_dir / "video" / f"{name}.mp4", out_dir / "video" / f"{name}_class_shares.csv", opacity=opacity, batch_size=batch_size, progress=progress)
                 summary.videos += 1
