@@ -9,7 +9,7 @@ spread over seeds. Every recipe decision is made on the mean over folds.
 
     python benchmarks/generalisation.py --preset default --fast --seeds 0
     python benchmarks/generalisation.py --preset default --seeds 0,1,2 --out runs/loeo/default
-    python benchmarks/generalisation.py --preset default --fast --set domain.mixstyle=0.5 --name mixstyle
+    python benchmarks/generalisation.py --preset default --fast --set encoder_lr_mult=0 --name frozen
     python benchmarks/generalisation.py --table runs/loeo/*/summary.json     # the protocol table
 
 ``--fast`` is the screening setting (256x144, 10 epochs; the recipe's other keys unchanged).
@@ -51,7 +51,10 @@ def run_fold(config, data: Path, held_out: str, out: Path, threads: int, flip: b
     splits, _ = make_splits(data, [held_out])
     write_split_file(out / "train_split.json", splits["train"], data, "train")
     run_dir = out / "run"
-    trained = (run_dir / "last.safetensors").is_file() and json.loads((run_dir / "config.json").read_text()) == asdict(config)
+    saved = run_dir / "config.json"
+    if saved.is_file() and json.loads(saved.read_text()) != asdict(config):
+        raise SystemExit(f"{run_dir} holds a run of another recipe; give this one its own --out or --name")
+    trained = (run_dir / "last.safetensors").is_file() and saved.is_file()
     t0 = time.perf_counter()
     if not trained:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON only

@@ -59,6 +59,24 @@ def sync_playwright():
     return sync_playwright
 
 
+def wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout_s: float) -> None:
+    """Wait until the Streamlit server at ``url`` answers its health check; fail with the
+    server's log if it exits or does not answer within ``timeout_s``."""
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"desertseg app exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        if time.perf_counter() > deadline:
+            pytest.fail(f"desertseg app did not answer within {timeout_s} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -82,19 +100,7 @@ def server(tiny_run, tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = started + WAIT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"desertseg app exited with {proc.returncode}:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if time.perf_counter() > deadline:
-                pytest.fail(f"desertseg app did not answer within {WAIT_S} s:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_healthy(proc, url, tmp_path / "server.log", WAIT_S)
         yield url, time.perf_counter() - started
     finally:
         try:

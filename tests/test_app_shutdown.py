@@ -11,12 +11,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from test_app_e2e import _desertseg, _free_port
+from test_app_e2e import _desertseg, _free_port, wait_healthy
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds processes in /proc (Linux)")
 START_S = 120  # Streamlit's start-up on a busy machine
@@ -61,22 +60,6 @@ def _kill_session(proc: subprocess.Popen) -> None:
     proc.wait(timeout=15)
 
 
-def _wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.perf_counter() + START_S
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"desertseg app exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return
-        except OSError:
-            pass
-        if time.perf_counter() > deadline:
-            pytest.fail(f"desertseg app did not answer within {START_S} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_app_stops_on_signal_and_frees_the_port(sig, tiny_run, tmp_path):
     port = _free_port()
@@ -86,7 +69,7 @@ def test_app_stops_on_signal_and_frees_the_port(sig, tiny_run, tmp_path):
         proc = subprocess.Popen([*_desertseg(), "app", "--checkpoint", str(tiny_run / "best.safetensors"), "--port", str(port)],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            _wait_healthy(proc, f"http://127.0.0.1:{port}", log_path)
+            wait_healthy(proc, f"http://127.0.0.1:{port}", log_path, START_S)
             children = _descendants(proc.pid)
             t0 = time.perf_counter()
             proc.send_signal(sig)  # to the process alone, not its group: it must pass the stop on
