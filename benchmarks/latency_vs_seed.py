@@ -97,7 +97,7 @@ def main() -> None:
 
     from desertseg.checkpoint import default_model_path
     from desertseg.data import list_samples
-    from desertseg.evaluate import describe_device
+    from desertseg.runtime import describe_device
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=default_model_path(), help="our model file (default: the bundled default model)")

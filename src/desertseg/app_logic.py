@@ -128,7 +128,7 @@ def device_name(predictor) -> str:
     try:
         import torch
 
-        from .evaluate import describe_device
+        from .runtime import describe_device
 
         if isinstance(device, torch.device):
             return describe_device(device)

@@ -117,7 +117,7 @@ def run_benchmark(checkpoint: Path | str | None, paths: Sequence[Path], backends
     """Benchmark each backend x batch size on ``paths``; ``images`` timed images per configuration
     (rounded up to whole batches). ``size`` = (H, W) overrides the model's input size."""
     from .checkpoint import default_model_path
-    from .evaluate import describe_device
+    from .runtime import describe_device
     from .predict import Predictor
 
     if threads:

@@ -8,7 +8,6 @@ available for comparison with systems that report it; it is not the default.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from .classes import CLASS_NAMES, raw_to_index
 from .data import DataError, Sample, read_image, read_mask, resize_mask
 from .metrics import confusion_matrix, summarize
 from .predict import Predictor
+from .runtime import describe_device
 
 
 def evaluate(predictor: Predictor, samples: list[Sample], protocol: str = "full", progress: bool = True, keep_per_image: bool = True) -> dict:
@@ -79,12 +79,6 @@ def evaluate(predictor: Predictor, samples: list[Sample], protocol: str = "full"
         }
     )
     return result
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def format_table(result: dict) -> str:

@@ -31,6 +31,7 @@ from .runtime import (
     _is_session,
     _resize,
     check_backend,
+    describe_device,
     pick_device,
     upsample_argmax,
 )
@@ -152,8 +153,6 @@ class Predictor:
 
     def describe_device(self) -> str:
         """Where and how the model runs, e.g. ``cpu (x86_64, 2 threads), onnxruntime``."""
-        from .evaluate import describe_device
-
         return f"{describe_device(self.device)}, {'onnxruntime' if self.backend == 'onnx' else 'pytorch'}"
 
     def _batch(self, images: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:

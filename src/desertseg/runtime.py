@@ -6,6 +6,7 @@ logits-upsampling used around them. :class:`desertseg.predict.Predictor` puts th
 from __future__ import annotations
 
 import copy
+import platform
 import time
 import warnings
 from typing import Sequence
@@ -19,6 +20,12 @@ from .transforms import normalize
 BACKENDS = ("auto", "torch", "onnx")
 # bf16 autocast must agree with float32 on this share of pixels to be used.
 BF16_MIN_AGREEMENT = 0.999
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def pick_device(device: str | None = None) -> torch.device:
