@@ -101,9 +101,10 @@ def main() -> None:
 
     import torch
 
-    from desertseg.data import SegmentationDataset, find_samples
+    from desertseg.config import load_config
+    from desertseg.data import SegmentationDataset
     from desertseg.engine import resolve_workers
-    from desertseg.train import load_config
+    from desertseg.samples import find_samples
     from desertseg.transforms import TrainTransform
 
     config = load_config(args.preset, {"size": args.size} if args.size else None)

@@ -129,7 +129,7 @@ def table(summaries: list[Path]) -> str:
 
 
 def main() -> None:
-    from desertseg.train import load_config, parse_override
+    from desertseg.config import load_config, parse_override
 
     if sys.argv[1:2] == ["--table"]:  # python benchmarks/generalisation.py --table runs/loeo/*/summary.json
         print(table([Path(p) for p in sys.argv[2:]]))

@@ -96,8 +96,8 @@ def main() -> None:
     import torch
 
     from desertseg.checkpoint import default_model_path
-    from desertseg.data import list_samples
     from desertseg.runtime import describe_device
+    from desertseg.samples import list_samples
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=default_model_path(), help="our model file (default: the bundled default model)")

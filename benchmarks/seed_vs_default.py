@@ -23,10 +23,11 @@ SHARED = ROOT.parent / "shared" / "data" / "duality_sample"
 def run(preset: str, budget_min: float, data: Path, unseen: Path, out: Path, threads: int) -> dict:
     import torch
 
-    from desertseg.data import find_samples
+    from desertseg.config import load_config
     from desertseg.evaluate import evaluate
     from desertseg.predict import Predictor
-    from desertseg.train import load_config, train
+    from desertseg.samples import find_samples
+    from desertseg.train import train
 
     torch.set_num_threads(threads)
     # Each preset keeps its own schedule; the budget stops whichever runs longer.

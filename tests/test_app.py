@@ -14,7 +14,8 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from desertseg import app_logic  # noqa: E402
 from desertseg.classes import CLASS_NAMES, colorize, index_to_raw, raw_to_index  # noqa: E402
-from desertseg.data import DataError, Sample, read_image, read_mask  # noqa: E402
+from desertseg.data import DataError, read_image, read_mask  # noqa: E402
+from desertseg.samples import Sample
 
 APP = Path(__file__).resolve().parents[1] / "src" / "desertseg" / "app.py"
 

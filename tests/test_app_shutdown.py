@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_app_e2e import _desertseg, _free_port, wait_healthy
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds processes in /proc (Linux)")

@@ -25,14 +25,8 @@ from PIL import Image
 from desertseg import data as data_mod
 from desertseg.check import check_data
 from desertseg.classes import IGNORE_INDEX, raw_to_index
-from desertseg.data import (
-    DataError,
-    SegmentationDataset,
-    list_samples,
-    read_image,
-    read_mask,
-    resolve_split,
-)
+from desertseg.data import DataError, SegmentationDataset, read_image, read_mask
+from desertseg.samples import list_samples, resolve_split
 
 
 @dataclass
@@ -400,7 +394,7 @@ def test_whole_corpus_in_one_dataset_one_pass(real, tmp_path):
         os.rename(src, ci / name) if not src.is_symlink() else (ci / name).symlink_to(os.readlink(src))
         (sg / f"bad{i:02d}.png").symlink_to(real.mask)
         regular += (ci / name).is_file()
-    for i, (_, make, outcome) in enumerate(MASK_CASES):
+    for i, (_, make, _outcome) in enumerate(MASK_CASES):
         (ci / f"mask{i:02d}.png").symlink_to(real.image)
         make(real).save(sg / f"mask{i:02d}.png")
     r = subprocess.run([sys.executable, "-m", "desertseg.cli", "check-data", str(d), "--json"], capture_output=True, text=True, timeout=300)

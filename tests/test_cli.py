@@ -7,8 +7,8 @@ import pytest
 
 from desertseg.cli import _expected
 from desertseg.data import DataError
-from desertseg.errors import MissingExtra
-from desertseg.models import PretrainedUnavailable, UnknownName
+from desertseg.errors import MissingExtra, UnknownName
+from desertseg.pretrained import PretrainedUnavailable
 
 
 def run(*args, **kw):

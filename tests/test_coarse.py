@@ -26,9 +26,10 @@ from desertseg.coarse_eval import (
     format_coarse_table,
     write_coarse_results,
 )
-from desertseg.data import Sample, list_samples, read_image, read_mask
+from desertseg.data import read_image, read_mask
 from desertseg.formats import get_format
 from desertseg.predict import Predictor
+from desertseg.samples import Sample, list_samples
 
 # The documented mapping, written out here so a silent change of the tables fails a test.
 SKY, TALL, LOW, GROUND, OBSTACLE = range(5)

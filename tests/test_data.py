@@ -7,13 +7,11 @@ from desertseg.classes import IGNORE_INDEX, RAW_IDS
 from desertseg.data import (
     DataError,
     SegmentationDataset,
-    environment,
-    list_samples,
     parse_size,
     read_image,
     read_mask,
-    resolve_split,
 )
+from desertseg.samples import environment, list_samples, resolve_split
 
 
 def test_resolve_split_finds_train_val_test(duality_root, unseen_dir):

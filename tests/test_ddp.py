@@ -19,9 +19,10 @@ import torch
 from conftest import link_subset
 
 from desertseg.checkpoint import load_model
-from desertseg.data import SegmentationDataset, find_samples
+from desertseg.data import SegmentationDataset
 from desertseg.metrics import confusion_matrix, summarize
-from desertseg.train import read_metrics_csv
+from desertseg.report import read_metrics_csv
+from desertseg.samples import find_samples
 from desertseg.transforms import eval_transform
 
 W, H, N_VAL = 64, 36, 3

@@ -10,9 +10,10 @@ import numpy as np
 
 from desertseg.checkpoint import default_model_path, read_metadata
 from desertseg.classes import class_table, raw_to_index
-from desertseg.data import list_samples, read_image, read_mask
+from desertseg.data import read_image, read_mask
 from desertseg.metrics import confusion_matrix, summarize
 from desertseg.predict import Predictor
+from desertseg.samples import list_samples
 
 
 def test_bundled_model_is_small_and_self_describing():

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 
 from desertseg.checkpoint import META_KEY
 from desertseg.classes import class_table
-from desertseg.data import list_samples, read_image, resize_image
+from desertseg.data import read_image, resize_image
 from desertseg.predict import Predictor
 from desertseg.runtime import upsample_argmax
+from desertseg.samples import list_samples
 from desertseg.transforms import normalize
 
 pytest.importorskip("onnxruntime")

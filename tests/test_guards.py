@@ -22,9 +22,11 @@ import torch
 from conftest import link_subset
 
 import desertseg.engine as T
+from desertseg.config import load_config
 from desertseg.engine import TrainingDiverged
 from desertseg.losses import SegmentationLoss
-from desertseg.train import load_config, read_metrics_csv, train
+from desertseg.report import read_metrics_csv
+from desertseg.train import train
 
 TINY = {"model": "unet_mobilenet_v2", "pretrained": False, "size": "64x36", "batch_size": 2, "lr": 3e-3, "augment": {},
         "loss": "ce", "class_weighting": "none", "scheduler": "none", "num_workers": 0}
@@ -147,7 +149,8 @@ def test_disk_cache_serves_decoded_samples_and_follows_file_changes(duality_root
     import numpy as np
 
     import desertseg.data as D
-    from desertseg.data import Sample, SegmentationDataset
+    from desertseg.data import SegmentationDataset
+    from desertseg.samples import Sample
 
     image, mask = _copy_pair(duality_root, tmp_path / "split", 0)
     samples, size, cache = [Sample("a", image, mask)], (36, 64), tmp_path / "cache"
@@ -179,7 +182,8 @@ def test_disk_cache_serves_decoded_samples_and_follows_file_changes(duality_root
 
 
 def test_unusable_cache_folder_is_a_clear_error(duality_root, tmp_path):
-    from desertseg.data import Sample, SegmentationDataset
+    from desertseg.data import SegmentationDataset
+    from desertseg.samples import Sample
 
     image, mask = _copy_pair(duality_root, tmp_path / "split", 0)
     a_file = tmp_path / "cache.txt"

@@ -23,12 +23,12 @@ import torch
 from conftest import link_subset
 
 from desertseg.engine import (
+    AtomicCheckpointIO,
     EpochShardSampler,
-    atomic_checkpoint_io,
     rng_state,
     set_rng_state,
 )
-from desertseg.train import read_metrics_csv
+from desertseg.report import read_metrics_csv
 
 TOL = 1e-6
 EPOCHS = 4
@@ -41,7 +41,8 @@ DRIVER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from desertseg import data as D
-    from desertseg.train import load_config, train
+    from desertseg.config import load_config
+    from desertseg.train import train
 
     data, out, log = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     if log != "-":
@@ -128,7 +129,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(duality_root, t
 
 
 def test_atomic_checkpoint_write_keeps_the_previous_file_when_a_write_fails(tmp_path):
-    io = atomic_checkpoint_io()
+    io = AtomicCheckpointIO()
     path = tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):

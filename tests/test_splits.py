@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from desertseg.data import DataError, environment, find_samples
-from desertseg.splits import (
-    environment_matches,
+from desertseg.data import DataError
+from desertseg.samples import (
+    environment,
+    find_samples,
     find_split_dirs,
-    make_splits,
     read_split_file,
-    write_split_file,
 )
+from desertseg.splits import environment_matches, make_splits, write_split_file
 
 
 def cli(*args):

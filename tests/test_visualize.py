@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from desertseg.classes import CLASSES, raw_to_index
-from desertseg.data import list_samples, read_image, read_mask
+from desertseg.data import read_image, read_mask
+from desertseg.samples import list_samples
 from desertseg.visualize import (
     class_shares,
     confidence_image,

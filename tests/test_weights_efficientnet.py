@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from desertseg.models import PretrainedUnavailable, build_model
+from desertseg.models import build_model
 from desertseg.pretrained import (
     EFFICIENTNET_LITE,
+    PretrainedUnavailable,
     convert_by_position,
     converted_path,
     fetch_efficientnet_lite,

@@ -20,7 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import CLASSES, IGNORE_INDEX, RAW_IDS, colorize, index_to_raw, raw_to_index
+from .classes import (
+    CLASSES,
+    IGNORE_INDEX,
+    RAW_IDS,
+    colorize,
+    index_to_raw,
+    raw_to_index,
+)
 from .data import MAX_PIXELS, DataError, read_image, read_mask
 
 # The page refuses larger images: probabilities for 10 classes at 16 MP already take 640 MB.

@@ -19,7 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import IMAGE_SUFFIXES, DataError, read_image
+from .data import DataError, read_image
+from .samples import IMAGE_SUFFIXES
 
 FIELDS = ("requested_backend", "model_file", "backend", "batch", "input_size", "images", "latency_ms", "batch_latency_ms", "images_per_s", "stage_ms_per_image", "peak_rss_mb", "cuda_peak_mb")
 # Where the shared real data lives beside a checkout (as the tests find it).
@@ -117,8 +118,8 @@ def run_benchmark(checkpoint: Path | str | None, paths: Sequence[Path], backends
     """Benchmark each backend x batch size on ``paths``; ``images`` timed images per configuration
     (rounded up to whole batches). ``size`` = (H, W) overrides the model's input size."""
     from .checkpoint import default_model_path
-    from .runtime import describe_device
     from .predict import Predictor
+    from .runtime import describe_device
 
     if threads:
         torch.set_num_threads(threads)

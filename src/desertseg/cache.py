@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .classes import CLASSES
+from .io import atomic_write
 
 CACHE_VERSION = 1
 
@@ -83,15 +84,12 @@ class SampleCache:
             raise ValueError(f"cache holds uint8 (H, W, 3) images with uint8 (H, W) targets; got {image.dtype} {image.shape} and {target.dtype} {target.shape}")
         arr = np.concatenate([image, target[..., None]], axis=2)
         try:
-            path = self.path(image_path, mask_path)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.dir)
-            try:
-                with os.fdopen(fd, "wb") as f:
+            # Saved through a file object: np.save would add ".npy" to the temporary name.
+            def write(tmp: Path) -> None:
+                with open(tmp, "wb") as f:
                     np.save(f, arr, allow_pickle=False)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+
+            atomic_write(self.path(image_path, mask_path), write)
         except OSError as e:
             self._writable = False
             warnings.warn(f"{self.dir}: cannot write to the sample cache ({e}); going on without caching new samples", stacklevel=2)

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .classes import CLASSES, RAW_IDS
-from .data import IMAGE_DIR, IMAGE_SUFFIXES, MASK_DIR, DataError, _open, environment, read_image, read_mask
-from .splits import find_split_dirs
+from .data import DataError, _open, read_image, read_mask
+from .samples import IMAGE_DIR, IMAGE_SUFFIXES, MASK_DIR, environment, find_split_dirs
 
 _KNOWN = np.zeros(65536, dtype=bool)
 _KNOWN[list(RAW_IDS)] = True
@@ -189,10 +189,10 @@ def check_data(root: Path | str, full_decode: bool = False, workers: int | None 
         s_class_images = Counter()
         envs, sizes, img_modes, mask_modes = Counter(), Counter(), Counter(), Counter()
         unknown = Counter()
-        for stem, info in list(img_info.items()) + list(mask_info.items()):
+        for info in list(img_info.values()) + list(mask_info.values()):
             if "error" in info:
                 add("error", _kind(info["error"]), info["path"], info["error"], name)
-        for stem, info in img_info.items():
+        for info in img_info.values():
             if "digest" in info and "error" not in info:
                 digests[info["digest"]].append((name, info["path"]))
         pairs = 0
@@ -242,7 +242,7 @@ def check_data(root: Path | str, full_decode: bool = False, workers: int | None 
             "unknown_ids": {str(k): v for k, v in sorted(unknown.items())},
         })
 
-    for digest, where in digests.items():
+    for where in digests.values():
         if len(where) < 2:
             continue
         first: dict[str, Path] = {}  # split -> its first copy

@@ -8,13 +8,12 @@ a file found on disk can be used without guessing. Nothing here unpickles anythi
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .classes import class_table
+from .io import atomic_write
 
 if TYPE_CHECKING:  # torch is imported lazily so that light commands start fast
     from torch import nn
@@ -65,24 +64,6 @@ def input_normalisation(meta: dict, path: Path | str) -> tuple[tuple[float, ...]
             "so how to scale its input is unknown; re-import the weights with `desertseg import-model --normalisation ...`",
         )
     return mean, std
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: a crash never leaves a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        # mkstemp creates 0600 files; give the result the usual permissions (0666 & ~umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_model(path: Path | str, model: nn.Module, metadata: dict, half: bool = False) -> Path:

@@ -67,7 +67,8 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="Override any preset key, e.g. --set loss=ce --set augment.hflip=0."),
 ) -> None:
     """Train a model with a preset recipe (use --preset seed for the published system's recipe)."""
-    from .train import load_config, parse_override, train as run_train
+    from .config import load_config, parse_override
+    from .train import train as run_train
 
     overrides: dict = {}
     for item in set_:
@@ -112,13 +113,18 @@ def evaluate(
     dataset: str = typer.Option("duality", help="Format of --data: duality (desert masks, 10 classes), ycor (real photos, scored in coarse groups) or a .toml format file (see desertseg.formats)."),
 ) -> None:
     """Evaluate a model with one confusion matrix over the whole dataset, at full resolution."""
-    from .data import find_samples
-    from .evaluate import evaluate as run_eval, format_table, write_results
+    from .evaluate import evaluate as run_eval
+    from .evaluate import format_table, write_results
+    from .samples import find_samples
 
     if run is not None and report is None:
         _fail("--run adds training curves to the HTML report; pass --report DIR as well.")
     if dataset != "duality":  # other label sets are scored in shared coarse groups (coarse_eval.py)
-        from .coarse_eval import evaluate_coarse, format_coarse_table, write_coarse_results
+        from .coarse_eval import (
+            evaluate_coarse,
+            format_coarse_table,
+            write_coarse_results,
+        )
         from .formats import get_format
 
         if report is not None:
@@ -174,7 +180,7 @@ def models() -> None:
 @app.command()
 def presets() -> None:
     """List the built-in training presets."""
-    from .train import PRESETS_DIR, list_presets
+    from .config import PRESETS_DIR, list_presets
 
     for name in list_presets():
         typer.echo(f"{name}\t{PRESETS_DIR / (name + '.toml')}")
@@ -298,8 +304,8 @@ def benchmark(
 ) -> None:
     """End-to-end latency on real images (decode -> preprocess -> model -> full-resolution mask): p50/p90, images/s, stage times, peak memory."""
     from .benchmark import default_images_dir, find_images, format_table, run_benchmark
-    from .checkpoint import atomic_write
     from .data import parse_size
+    from .io import atomic_write
     from .runtime import check_backend
 
     backends = [check_backend(b) for b in _csv(backend, str, "backend")]
@@ -411,7 +417,7 @@ def download(
     """Download Duality AI's desert dataset zips (resumable), unzip them safely and check the data."""
     from .check import check_data, format_report
     from .download import download as run_download
-    from .splits import find_split_dirs
+    from .samples import find_split_dirs
 
     result = run_download(dest, [p.strip() for p in parts.split(",") if p.strip()], base_url, retries=retries)
     rejected = [(part, name) for part, names in result["rejected"].items() for name in names]
@@ -459,7 +465,7 @@ def split(
     overwrite: bool = typer.Option(False, help="Replace existing split files."),
 ) -> None:
     """Make environment-held-out train/val split files that train and evaluate accept."""
-    from .data import environment
+    from .samples import environment
     from .splits import make_splits, write_split_file
 
     def envs(text: Optional[str]) -> Optional[list[str]]:

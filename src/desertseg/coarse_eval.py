@@ -16,11 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write
 from .classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
-from .coarse import GROUP_NAMES, coarse_confusion, coarse_summary, mapping_table, to_groups
-from .data import DataError, Sample, read_image
+from .coarse import (
+    GROUP_NAMES,
+    coarse_confusion,
+    coarse_summary,
+    mapping_table,
+    to_groups,
+)
+from .data import DataError, read_image
 from .formats import DatasetFormat
+from .io import atomic_write
+from .samples import Sample
 
 
 def evaluate_coarse(predictor, samples: list[Sample], fmt: DatasetFormat, progress: bool = True, keep_per_image: bool = True) -> dict:

@@ -33,6 +33,8 @@ class TrainConfig:
     class_weighting: str = "none"  # none | inverse_sqrt | inverse
     label_smoothing: float = 0.0
     encoder_lr_mult: float = 1.0  # encoder learning rate = lr * this; 0 freezes the encoder
+    ema_decay: float = 0.0  # exponential moving average of the weights, saved as the model; 0 = off
+    repeat_threshold: float = 0.0  # repeat-factor sampling of images holding rare classes; 0 = off
     augment: dict = field(default_factory=dict)
     cache: bool = True  # keep decoded, resized samples in memory (per loader process)
     cache_dir: str | None = None  # on-disk cache of decoded, resized samples (desertseg.cache)
@@ -73,7 +75,7 @@ def load_config(preset: str | Path = "default", overrides: dict | None = None) -
     if unknown:
         raise ValueError(f"{path}: unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
     cfg = TrainConfig(**values)
-    cfg.input_size  # validate the size early
+    parse_size(cfg.size)  # validate the size early
     return cfg
 
 

@@ -1,33 +1,23 @@
-"""Reading the Duality AI desert dataset: images, 16-bit masks, splits, and a torch Dataset.
-
-Layout (as published)::
-
-    <root>/<split>/Color_Images/<name>.png   RGB, 960x540
-    <root>/<split>/Segmentation/<name>.png   single channel, 16-bit raw ids
-
-The zips are sometimes unpacked into a doubled folder (``X/X/train/...``); :func:`resolve_split`
-finds the split either way.
+"""Reading the Duality AI desert dataset's files: RGB images, 16-bit masks of raw class ids
+(read as 8-bit they would be silently destroyed), resizing, and a torch Dataset over
+:class:`~desertseg.samples.Sample` pairs. Finding the files is :mod:`desertseg.samples`' concern.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .classes import raw_to_index
 
-IMAGE_DIR = "Color_Images"
-MASK_DIR = "Segmentation"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+if TYPE_CHECKING:
+    from .samples import Sample
+
 # Refuse images above this many pixels before decoding them (decompression bombs).
 MAX_PIXELS = 64_000_000
-# Split names users type -> folder names in the published zips.
-SPLIT_ALIASES = {"test": ("test", "Offroad_Segmentation_testImages", "testImages")}
 
 
 class DataError(Exception):
@@ -144,120 +134,18 @@ def parse_size(text: str | tuple | list) -> tuple[int, int]:
     return h, w
 
 
-def resolve_split(data: Path | str, split: str | None = None) -> Path:
-    """Find the folder holding ``Color_Images`` and ``Segmentation`` for a split.
-
-    ``data`` may be the split folder itself, the dataset root, or a root unpacked into a
-    doubled folder. ``split`` is ``train``, ``val``, ``test`` or a folder name.
-    """
-    data = Path(data)
-    if not data.is_dir():
-        raise DataError(data, "dataset folder not found")
-    if (data / IMAGE_DIR).is_dir():
-        return data
-    names = SPLIT_ALIASES.get(split, (split,)) if split else None
-    found = []
-    for depth in range(1, 5):
-        for img_dir in data.glob("/".join(["*"] * depth)):
-            if img_dir.name != IMAGE_DIR or not img_dir.is_dir():
-                continue
-            d = img_dir.parent
-            if names is None or any(n.lower() == d.name.lower() or n.lower() in d.name.lower() for n in names):
-                found.append(d)
-        if found:
-            break
-    if not found:
-        want = f"split '{split}'" if split else "any split"
-        raise DataError(data, f"no {want} with a {IMAGE_DIR}/ folder found (looked 4 levels deep)")
-    if len(found) > 1:
-        # A doubled unzip leaves identical splits at two depths; prefer the shallowest.
-        found.sort(key=lambda p: len(p.parts))
-        if len(found[0].parts) == len(found[1].parts):
-            raise DataError(data, f"several folders match split '{split}': {', '.join(map(str, found))}; pass one")
-    return found[0]
 
 
-@dataclass(frozen=True)
-class Sample:
-    name: str
-    image: Path
-    mask: Path | None
 
 
-def _by_stem(folder: Path, suffixes: tuple[str, ...], problems: list[str]) -> dict[str, Path]:
-    """Image files of a folder by stem; a second file with the same stem (``a.png``, ``a.jpg``)
-    is reported, not silently swapped in. Sub-folders (and links to them) are skipped."""
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.suffix.lower() not in suffixes or p.is_dir():
-            continue
-        if p.stem in found:
-            problems.append(f"{p}: same name as {found[p.stem].name}; skipped (ambiguous pairing)")
-            continue
-        found[p.stem] = p
-    return found
 
 
-def list_samples(split_dir: Path | str, require_masks: bool = True) -> tuple[list[Sample], list[str]]:
-    """Pair images with masks by file stem. Returns ``(samples, problems)``.
-
-    Orphans (an image without a mask, or a mask without an image) are reported in
-    ``problems``, never silently dropped.
-    """
-    split_dir = Path(split_dir)
-    img_dir, mask_dir = split_dir / IMAGE_DIR, split_dir / MASK_DIR
-    if not img_dir.is_dir():
-        raise DataError(img_dir, "image folder not found")
-    problems: list[str] = []
-    images = _by_stem(img_dir, IMAGE_SUFFIXES, problems)
-    masks = _by_stem(mask_dir, (".png",), problems) if mask_dir.is_dir() else {}
-    if require_masks and not mask_dir.is_dir():
-        raise DataError(mask_dir, "mask folder not found")
-    for stem in sorted(set(masks) - set(images)):
-        problems.append(f"{masks[stem]}: mask without an image")
-    samples = []
-    for stem, img in images.items():
-        mask = masks.get(stem)
-        if mask is None and require_masks:
-            problems.append(f"{img}: image without a mask")
-            continue
-        samples.append(Sample(stem, img, mask))
-    if not samples:
-        raise DataError(split_dir, "no image/mask pairs found")
-    return samples, problems
 
 
-def find_samples(data: Path | str, split: str | None = None) -> tuple[list[Sample], list[str]]:
-    """Samples of a split: a split name under a dataset root, ``all`` (every split folder
-    under ``data`` pooled: train, val and test), a split folder, or a split file
-    (``.json``/``.txt``, written by ``desertseg split``). Returns ``(samples, problems)``."""
-    if split and Path(split).suffix.lower() in (".json", ".txt"):
-        from .splits import read_split_file
-
-        return read_split_file(Path(split), Path(data))
-    if split == "all":
-        from .splits import collect_samples
-
-        return collect_samples(data)
-    return list_samples(resolve_split(data, split))
 
 
-# Environments of the published dataset, as Duality names them (longest prefix wins).
-KNOWN_ENVIRONMENTS = ("cc", "mt0", "mt1", "w0", "ww1")
 
 
-def environment(name: str) -> str:
-    """Simulated environment of a Duality file from its name prefix, e.g. 'mt1' for mt10000000.
-
-    Known prefixes (cc, mt0, mt1, w0, ww1) are matched first; other names fall back to their
-    leading letters plus the first digit.
-    """
-    lower = name.lower()
-    for env in sorted(KNOWN_ENVIRONMENTS, key=len, reverse=True):
-        if lower.startswith(env):
-            return env
-    m = re.match(r"([a-z]+)(\d?)", lower)
-    return m.group(1) + m.group(2) if m else "unknown"
 
 
 class SegmentationDataset:

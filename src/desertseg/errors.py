@@ -11,3 +11,8 @@ from __future__ import annotations
 class MissingExtra(RuntimeError):
     """An optional dependency (an extra such as ``[video]`` or ``[onnx]``) is not installed;
     the message says what to install."""
+
+
+class UnknownName(KeyError):
+    """A model, encoder or preset name that is not registered (a user's typo, not a bug: the
+    CLI prints it as one line, unlike a plain ``KeyError``); the message lists the known names."""

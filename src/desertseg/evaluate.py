@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from .classes import CLASS_NAMES, raw_to_index
-from .data import DataError, Sample, read_image, read_mask, resize_mask
+from .data import DataError, read_image, read_mask, resize_mask
 from .metrics import confusion_matrix, summarize
 from .predict import Predictor
 from .runtime import describe_device
+from .samples import Sample
 
 
 def evaluate(predictor: Predictor, samples: list[Sample], protocol: str = "full", progress: bool = True, keep_per_image: bool = True) -> dict:

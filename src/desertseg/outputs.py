@@ -35,9 +35,10 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from .checkpoint import atomic_write
 from .classes import colorize, index_to_raw
-from .data import IMAGE_SUFFIXES, DataError, read_image
+from .data import DataError, read_image
+from .io import atomic_write
+from .samples import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 SUBFOLDERS = ("index", "raw", "color", "overlay", "confidence", "coarse", "cost", "video")

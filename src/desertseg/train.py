@@ -33,29 +33,37 @@ import numpy as np
 import torch
 
 from .classes import NUM_CLASSES
-from .config import PRESETS_DIR, TrainConfig, list_presets, load_config, parse_override  # noqa: F401  (public API)
-from .data import SegmentationDataset, find_samples
-from .engine import (
-    TrainingDiverged,
-    atomic_checkpoint_io,
-    csv_logger,
-    data_module,
-    lightning_module,
-    resolve_workers,
-    resume_callback,
-)
+from .config import TrainConfig
+from .data import SegmentationDataset
+from .engine import AtomicCheckpointIO, KeepingCSVLogger, ResumeState, TrainingDiverged, quiet_lightning, repeat_factors, resolve_workers
+from .lightning_module import SegmentationData, SegmentationModule
 from .losses import class_weights
+from .samples import find_samples
 
 # Above this, the per-worker in-memory sample cache is switched off (use cache_dir instead).
 MEMORY_CACHE_LIMIT = 2 * 2**30
 
 
 def pixel_counts(dataset: SegmentationDataset) -> np.ndarray:
-    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    """Labelled pixels per image and class, ``(N, num_classes)``, at the training size."""
+    counts = np.zeros((len(dataset), NUM_CLASSES), dtype=np.int64)
     for i in range(len(dataset)):
         _, target = dataset.load(i)
-        counts += np.bincount(target[target < NUM_CLASSES].ravel(), minlength=NUM_CLASSES)
+        counts[i] = np.bincount(target[target < NUM_CLASSES].ravel(), minlength=NUM_CLASSES)
     return counts
+
+
+def _class_statistics(config: TrainConfig, train_ds: SegmentationDataset) -> tuple[list[float] | None, torch.Tensor | None]:
+    """Loss class weights and sampling repeat factors, each only when the recipe asks for it."""
+    if config.class_weighting == "none" and not config.repeat_threshold:
+        return None, None
+    counts = pixel_counts(train_ds)
+    weights = class_weights(counts.sum(axis=0), config.class_weighting).tolist() if config.class_weighting != "none" else None
+    # A class counts as present from 0.1% of an image's labelled pixels: stray annotation
+    # specks would otherwise make every class look common.
+    present = counts >= 0.001 * counts.sum(axis=1, keepdims=True).clip(min=1)
+    repeat = repeat_factors(present, config.repeat_threshold) if config.repeat_threshold else None
+    return weights, repeat
 
 
 def check_run_dir(out: Path, resume: bool) -> None:
@@ -100,7 +108,7 @@ def _trim_metrics(path: Path, below_epoch: int) -> None:
                 keep.append(r)
         except (KeyError, TypeError, ValueError):
             continue  # a line torn by the kill
-    from .checkpoint import atomic_write
+    from .io import atomic_write
 
     def write(tmp: Path):
         with open(tmp, "w", newline="") as f:
@@ -135,9 +143,10 @@ def train(
     the processes), or the same command under torchrun or SLURM srun.
     """
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
-    from .checkpoint import atomic_write, make_metadata, save_model
+    from .checkpoint import make_metadata, save_model
+    from .io import atomic_write
     from .transforms import TrainTransform, eval_transform
 
     out = Path(out)
@@ -155,6 +164,7 @@ def train(
     L.seed_everything(config.seed, workers=True, verbose=False)
     # Epoch-level metrics computed from the reduced confusion matrix are identical on every rank.
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+    quiet_lightning()
 
     last = out / "checkpoints" / "last.ckpt"
     ckpt_path = None
@@ -184,12 +194,15 @@ def train(
             *checkpoints,
             # Lightning 2.6's save_last only re-saves when a new best was saved; this one saves every epoch.
             ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
-            resume_callback(),
+            ResumeState(),
+            # The average is what checkpoints hold as "state_dict" (so best/last files are
+            # the averaged model) and what validation scores; the raw weights resume training.
+            *([EMAWeightAveraging(decay=config.ema_decay)] if config.ema_decay else []),
         ],
-        plugins=[atomic_checkpoint_io()],
-        logger=csv_logger(out),
+        plugins=[AtomicCheckpointIO()],
+        logger=KeepingCSVLogger(out),
         default_root_dir=out,
-        use_distributed_sampler=False,  # our samplers shard by rank (see data_module)
+        use_distributed_sampler=False,  # our samplers shard by rank (see SegmentationData)
         log_every_n_steps=1,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -213,15 +226,13 @@ def train(
         print(f"note: in-memory sample cache off ({est / 2**30:.1f} GiB across {workers} workers); set cache_dir for a shared on-disk cache")
     train_ds = SegmentationDataset(train_samples, size, TrainTransform(config.augment), cache=in_memory, cache_dir=config.cache_dir)
     val_ds = SegmentationDataset(val_samples, size, eval_transform, cache=in_memory, cache_dir=config.cache_dir) if validate else None
-    weights = None
-    if config.class_weighting != "none":
-        weights = class_weights(pixel_counts(train_ds), config.class_weighting).tolist()
-    module = lightning_module()(asdict(config), weights)
+    weights, repeat = _class_statistics(config, train_ds)
+    module = SegmentationModule(asdict(config), weights)
 
     if lead and not resume:
         atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(asdict(config), indent=2)))
     try:
-        trainer.fit(module, datamodule=data_module(train_ds, val_ds, config, workers), ckpt_path=ckpt_path, weights_only=True)
+        trainer.fit(module, datamodule=SegmentationData(train_ds, val_ds, config, workers, repeat), ckpt_path=ckpt_path, weights_only=True)
     except FloatingPointError as e:
         kept = f"the last good checkpoint is kept: {last} (epoch {_checkpoint_epoch(last)})" if last.exists() else "no checkpoint had been written yet"
         raise TrainingDiverged(f"{e}; training stopped and {kept}. Lower the learning rate or use precision 32-true.") from None
@@ -243,46 +254,7 @@ def train(
             metrics["val_miou_at_input_size"] = best_score
         save_model(out / f"{tag}.safetensors", module.model, make_metadata(config.model, size, asdict(config), metrics))
         result[tag] = metrics
+    from .report import plot_curves
+
     plot_curves(out / "metrics.csv", out / "curves.png")
     return result
-
-
-def read_metrics_csv(path: Path) -> list[dict]:
-    """Per-epoch rows of Lightning's metrics.csv, merging the train and val lines of an epoch."""
-    import csv
-
-    rows: dict[int, dict] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            epoch = int(float(row["epoch"]))
-            merged = rows.setdefault(epoch, {"epoch": epoch})
-            merged.update({k: float(v) for k, v in row.items() if v not in ("", None) and k not in ("epoch", "step")})
-    return [rows[k] for k in sorted(rows)]
-
-
-def plot_curves(metrics_csv: Path, out_png: Path) -> Path | None:
-    """Loss and mIoU per epoch as a PNG."""
-    if not Path(metrics_csv).exists():
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics_csv(Path(metrics_csv))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, ax in (("train_loss", ax1), ("val_loss", ax1), ("val_miou", ax2), ("val_miou_present", ax2)):
-        pts = [(r["epoch"], r[key]) for r in rows if key in r]
-        if pts:
-            ax.plot(*zip(*pts), marker=".", label=key)
-    ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax2.set(xlabel="epoch", ylabel="mIoU", title="Validation mIoU (at input size)", ylim=(0, 1))
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        if ax.lines:  # no validation curves in a run without validation
-            ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return Path(out_png)
-

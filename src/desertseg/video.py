@@ -11,16 +11,14 @@ video is ``W x H`` at the input's frame rate.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write
 from .classes import CLASS_NAMES
 from .data import DataError
 from .errors import MissingExtra
+from .io import atomic_write
 
 # Four-character codecs by output container; mp4v is available in every OpenCV build with FFmpeg.
 FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
@@ -58,6 +56,51 @@ def open_video(path: Path | str):
     return cap, float(fps), size, max(count, 0)
 
 
+def _write_overlay(predictor, cap, video_path: Path, out_path: Path, tmp: Path, fps: float, size: tuple[int, int], estimate: int, rows: list, opacity: float, batch_size: int, progress: bool) -> None:
+    """Decode ``cap`` frame by frame, write overlays to ``tmp`` (renamed to ``out_path`` later) and one row of class
+    shares per frame to ``rows`` (filled as frames are written, so a caller sees how far a
+    damaged video got)."""
+    from tqdm import tqdm
+
+    from .visualize import class_shares, overlay
+
+    cv2 = _cv2()
+    width, height = size
+    codec = FOURCC.get(out_path.suffix.lower(), "mp4v")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
+    if not writer.isOpened():
+        raise OSError(f"{out_path}: cannot write video (codec {codec} unavailable in this OpenCV build)")
+
+    def flush(frames: list[np.ndarray]) -> None:
+        preds = predictor.predict_batch(frames)
+        for rgb, pred in zip(frames, preds):
+            writer.write(cv2.cvtColor(overlay(rgb, pred.mask, opacity), cv2.COLOR_RGB2BGR))
+            i = len(rows)
+            rows.append([i, round(i / fps, 4), *(f"{s:.6f}" for s in class_shares(pred.mask))])
+
+    batch: list[np.ndarray] = []
+    try:
+        with tqdm(total=estimate or None, desc=video_path.name, unit="frame", disable=not progress) as bar:
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                if frame.shape[:2] != (height, width):
+                    raise DataError(video_path, f"frame {len(rows) + len(batch)} is {frame.shape[1]}x{frame.shape[0]}, not {width}x{height}")
+                batch.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+                if len(batch) == batch_size:
+                    flush(batch)
+                    bar.update(len(batch))
+                    batch = []
+            if batch:
+                flush(batch)
+                bar.update(len(batch))
+        if not rows:
+            raise DataError(video_path, "no frame could be decoded; the video is empty or corrupt")
+    finally:
+        writer.release()
+
+
 def predict_video(
     predictor,
     video_path: Path | str,
@@ -78,59 +121,14 @@ def predict_video(
 
     Returns ``{"frames", "fps", "size": (width, height), "video", "csv"}``.
     """
-    from tqdm import tqdm
-
-    from .visualize import class_shares, overlay
-
-    cv2 = _cv2()
     video_path, out_path = Path(video_path), Path(out_path)
     cap, fps, (width, height), estimate = open_video(video_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # The writer picks the container from the file name, so the temp name keeps the suffix.
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=out_path.suffix or ".mp4", dir=out_path.parent)
-    os.close(fd)
     rows: list[list] = []
-    writer = None
     try:
-        fourcc = cv2.VideoWriter_fourcc(*FOURCC.get(out_path.suffix.lower(), "mp4v"))
-        writer = cv2.VideoWriter(tmp, fourcc, fps, (width, height))
-        if not writer.isOpened():
-            raise OSError(f"{out_path}: cannot write video (codec {FOURCC.get(out_path.suffix.lower(), 'mp4v')} unavailable in this OpenCV build)")
-
-        def flush(frames: list[np.ndarray]) -> None:
-            preds = predictor.predict_batch(frames)
-            for rgb, pred in zip(frames, preds):
-                writer.write(cv2.cvtColor(overlay(rgb, pred.mask, opacity), cv2.COLOR_RGB2BGR))
-                i = len(rows)
-                rows.append([i, round(i / fps, 4), *(f"{s:.6f}" for s in class_shares(pred.mask))])
-
-        batch: list[np.ndarray] = []
-        with tqdm(total=estimate or None, desc=video_path.name, unit="frame", disable=not progress) as bar:
-            while True:
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                if frame.shape[:2] != (height, width):
-                    raise DataError(video_path, f"frame {len(rows) + len(batch)} is {frame.shape[1]}x{frame.shape[0]}, not {width}x{height}")
-                batch.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-                if len(batch) == batch_size:
-                    flush(batch)
-                    bar.update(len(batch))
-                    batch = []
-            if batch:
-                flush(batch)
-                bar.update(len(batch))
-        if not rows:
-            raise DataError(video_path, "no frame could be decoded; the video is empty or corrupt")
-        writer.release()
-        writer = None
-        os.replace(tmp, out_path)
+        # The writer picks the container from the file name, so the temp name keeps the suffix.
+        atomic_write(out_path, lambda tmp: _write_overlay(predictor, cap, video_path, out_path, tmp, fps, (width, height), estimate, rows, opacity, batch_size, progress), suffix=out_path.suffix or ".mp4")
     finally:
         cap.release()
-        if writer is not None:
-            writer.release()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
     if csv_path is not None:
         csv_path = Path(csv_path)
