@@ -112,3 +112,9 @@ def test_repeat_factors_favour_images_holding_rare_classes(duality_root):
     hits = np.bincount([i % len(factors) for e in range(200) for i in EpochShardSampler(len(factors), 0, 0, 1, lambda e=e: e, factors)], minlength=len(factors))
     expected = factors.numpy() / factors.sum().item() * hits.sum()
     assert np.allclose(hits, expected, rtol=0.25)
+
+
+def test_train_config_defaults_are_the_default_preset():
+    from desertseg.config import TrainConfig
+
+    assert TrainConfig() == load_config("default")

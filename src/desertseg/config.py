@@ -11,31 +11,37 @@ import tomllib
 from .data import parse_size
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+# The default preset's [augment] table (see transforms.TrainTransform for each key).
+DEFAULT_AUGMENT = {"hflip": 0.5, "scale": [0.8, 1.5], "brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.05, "gamma": [0.7, 1.4], "white_balance": 0.1, "grayscale": 0.1, "haze": 0.3}
 
 
 @dataclass
 class TrainConfig:
-    """Every hyperparameter of a run; presets set them, the command line overrides them."""
+    """Every hyperparameter of a run; presets set them, the command line overrides them.
+
+    The defaults are the default preset (``presets/default.toml``; a test keeps them equal),
+    so code that builds a config directly trains the same recipe as ``--preset default``.
+    """
 
     model: str = "unet_mobilenet_v2"
     pretrained: bool | str = "auto"
-    size: str = "480x272"  # WIDTHxHEIGHT
-    epochs: int = 40
+    size: str = "480x270"  # WIDTHxHEIGHT
+    epochs: int = 30
     batch_size: int = 8  # per process
-    optimizer: str = "adam"  # adam | adamw | sgd
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    scheduler: str = "step"  # step | cosine | none
+    optimizer: str = "adamw"  # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # step | cosine | none
     step_size: int = 20
     gamma: float = 0.1
-    warmup_epochs: int = 0
-    loss: str = "ce"
-    class_weighting: str = "none"  # none | inverse_sqrt | inverse
+    warmup_epochs: int = 1
+    loss: str = "ce+dice"
+    class_weighting: str = "inverse_sqrt"  # none | inverse_sqrt | inverse
     label_smoothing: float = 0.0
-    encoder_lr_mult: float = 1.0  # encoder learning rate = lr * this; 0 freezes the encoder
+    encoder_lr_mult: float = 0.1  # encoder learning rate = lr * this; 0 freezes the encoder
     ema_decay: float = 0.0  # exponential moving average of the weights, saved as the model; 0 = off
     repeat_threshold: float = 0.0  # repeat-factor sampling of images holding rare classes; 0 = off
-    augment: dict = field(default_factory=dict)
+    augment: dict = field(default_factory=lambda: dict(DEFAULT_AUGMENT))
     cache: bool = True  # keep decoded, resized samples in memory (per loader process)
     cache_dir: str | None = None  # on-disk cache of decoded, resized samples (desertseg.cache)
     num_workers: int | str = "auto"  # DataLoader workers per process; "auto" from the CPU count

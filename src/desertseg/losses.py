@@ -42,7 +42,7 @@ class SegmentationLoss(nn.Module):
         return sum(term(logits, target) for term in self.terms)
 
 
-def class_weights(pixel_counts: np.ndarray, kind: str = "inverse_sqrt", max_weight: float = 10.0) -> torch.Tensor:
+def class_weights(pixel_counts: np.ndarray, kind: str = "inverse_sqrt") -> torch.Tensor:
     """Per-class loss weights from training pixel counts, normalised to mean 1.
 
     ``inverse_sqrt`` (1/sqrt(frequency)) is milder than inverse frequency, which makes the
@@ -62,6 +62,4 @@ def class_weights(pixel_counts: np.ndarray, kind: str = "inverse_sqrt", max_weig
         raise ValueError(f"unknown class weighting '{kind}'; choose inverse_sqrt, inverse or none")
     if present.any():
         w[~present] = w[present].max()
-    w = w / w.mean()
-    w = np.minimum(w, max_weight)
     return torch.tensor(w / w.mean(), dtype=torch.float32)
