@@ -124,6 +124,108 @@ def _checkpoint_epoch(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
 
 
+def _resume_point(config: TrainConfig, out: Path, resume: bool, lead: bool) -> tuple[TrainConfig, Path | None]:
+    """The config to train (a resumed run's own) and the checkpoint to continue from, if any;
+    metrics.csv is trimmed to that checkpoint's epoch so no epoch is logged twice."""
+    if resume:
+        saved = out / "config.json"
+        if not saved.is_file():
+            raise FileNotFoundError(f"{out}: not a run folder (no config.json); nothing to resume")
+        config = TrainConfig(**json.loads(saved.read_text()))
+    if lead:
+        check_run_dir(out, resume)
+    last = out / "checkpoints" / "last.ckpt"
+    if resume and last.exists():
+        if lead:
+            _trim_metrics(out / "metrics.csv", _checkpoint_epoch(last) + 1)
+        return config, last
+    if resume and lead:
+        print(f"note: {out} has no checkpoints/last.ckpt yet; starting the run from its first epoch")
+        _trim_metrics(out / "metrics.csv", 0)
+    return config, None
+
+
+def _trainer(config: TrainConfig, out: Path, validate: bool, progress: bool, limit_train_batches, **launch):
+    """Lightning's Trainer for ``config``, with the best-by-val checkpoint callback (or None).
+
+    ``launch``: accelerator, devices, num_nodes, strategy.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_miou", mode="max", save_top_k=1) if validate else None
+    callbacks = [
+        *([best] if best else []),
+        # Lightning 2.6's save_last only re-saves when a new best was saved; this one saves every epoch.
+        ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
+        ResumeState(),
+        # The average is what checkpoints hold as "state_dict" (so best/last files are the
+        # averaged model) and what validation scores; the raw weights resume training.
+        *([EMAWeightAveraging(decay=config.ema_decay)] if config.ema_decay else []),
+    ]
+    trainer = L.Trainer(
+        max_epochs=config.epochs,
+        max_time={"minutes": config.max_time} if config.max_time else None,
+        precision=config.precision,
+        accumulate_grad_batches=config.accumulate,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        logger=KeepingCSVLogger(out),
+        default_root_dir=out,
+        use_distributed_sampler=False,  # our samplers shard by rank (see SegmentationData)
+        log_every_n_steps=1,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        limit_train_batches=limit_train_batches,
+        limit_val_batches=None if validate else 0,
+        num_sanity_val_steps=None if validate else 0,
+        deterministic=False,
+        **launch,
+    )
+    return trainer, best
+
+
+def _datasets(config: TrainConfig, data: Path, validate: bool, workers: int, lead: bool) -> tuple[SegmentationDataset, SegmentationDataset | None]:
+    """Training and validation datasets; listing problems are printed, not fatal."""
+    from .transforms import TrainTransform, eval_transform
+
+    size = config.input_size
+    train_samples, problems = find_samples(data, config.train_split)
+    val_samples, vproblems = find_samples(data, config.val_split) if validate else ([], [])
+    if lead:
+        for p in problems + vproblems:
+            print(f"warning: {p}")
+    # Per-process in-memory caches multiply with workers; past the limit use only the disk cache.
+    est = (len(train_samples) + len(val_samples)) * size[0] * size[1] * 4 * max(1, workers)
+    in_memory = config.cache and est <= MEMORY_CACHE_LIMIT
+    if config.cache and not in_memory and lead:
+        print(f"note: in-memory sample cache off ({est / 2**30:.1f} GiB across {workers} workers); set cache_dir for a shared on-disk cache")
+    train_ds = SegmentationDataset(train_samples, size, TrainTransform(config.augment), cache=in_memory, cache_dir=config.cache_dir)
+    val_ds = SegmentationDataset(val_samples, size, eval_transform, cache=in_memory, cache_dir=config.cache_dir) if validate else None
+    return train_ds, val_ds
+
+
+def _release(module: SegmentationModule, config: TrainConfig, out: Path, best) -> dict:
+    """Write ``best.safetensors`` / ``last.safetensors`` from the Lightning checkpoints."""
+    from .checkpoint import make_metadata, save_model
+
+    result = {}
+    best_score = float(best.best_model_score) if best and best.best_model_score is not None else None
+    for tag, path in (("best", best.best_model_path if best else ""), ("last", str(out / "checkpoints" / "last.ckpt"))):
+        if not path or not Path(path).exists():
+            continue
+        # Our own Lightning checkpoint; still loaded without unpickling arbitrary objects.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        module.model.load_state_dict(state)
+        metrics = {"epoch": ckpt["epoch"]}
+        if tag == "best":
+            metrics["val_miou_at_input_size"] = best_score
+        save_model(out / f"{tag}.safetensors", module.model, make_metadata(config.model, config.input_size, asdict(config), metrics))
+        result[tag] = metrics
+    return result
+
+
 def train(
     config: TrainConfig,
     data: Path,
@@ -143,94 +245,34 @@ def train(
     the processes), or the same command under torchrun or SLURM srun.
     """
     import lightning as L
-    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
-    from .checkpoint import make_metadata, save_model
     from .io import atomic_write
-    from .transforms import TrainTransform, eval_transform
+    from .report import plot_curves
 
     out = Path(out)
     if "spawn" in str(strategy) or str(strategy) == "ddp_notebook":
         raise ValueError(f"strategy '{strategy}' is not supported: use 'ddp' (Lightning starts one process per device) or launch with torchrun / srun")
     lead = _is_launch_rank_zero()
-    if resume:
-        saved = out / "config.json"
-        if not saved.is_file():
-            raise FileNotFoundError(f"{out}: not a run folder (no config.json); nothing to resume")
-        config = TrainConfig(**json.loads(saved.read_text()))
-    if lead:
-        check_run_dir(out, resume)
+    config, ckpt_path = _resume_point(config, out, resume, lead)
     resolve_workers(config.num_workers)  # validate before any work
     L.seed_everything(config.seed, workers=True, verbose=False)
     # Epoch-level metrics computed from the reduced confusion matrix are identical on every rank.
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     quiet_lightning()
 
-    last = out / "checkpoints" / "last.ckpt"
-    ckpt_path = None
-    if resume and last.exists():
-        ckpt_path = last
-        if lead:
-            _trim_metrics(out / "metrics.csv", _checkpoint_epoch(last) + 1)
-    elif resume and lead:
-        print(f"note: {out} has no checkpoints/last.ckpt yet; starting the run from its first epoch")
-        _trim_metrics(out / "metrics.csv", 0)
-
     # No validation split (val_split = "" or "none"): every pair trains, and the last epoch is
     # the model. That is the leakage-free choice when the environments at hand are all used
     # for training (generalisation.py folds, the bundled model on every shared environment).
     validate = config.val_split.lower() not in ("", "none")
-    checkpoints = [ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_miou", mode="max", save_top_k=1)] if validate else []
-    trainer = L.Trainer(
-        max_epochs=config.epochs,
-        max_time={"minutes": config.max_time} if config.max_time else None,
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
-        precision=config.precision,
-        accumulate_grad_batches=config.accumulate,
-        callbacks=[
-            *checkpoints,
-            # Lightning 2.6's save_last only re-saves when a new best was saved; this one saves every epoch.
-            ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
-            ResumeState(),
-            # The average is what checkpoints hold as "state_dict" (so best/last files are
-            # the averaged model) and what validation scores; the raw weights resume training.
-            *([EMAWeightAveraging(decay=config.ema_decay)] if config.ema_decay else []),
-        ],
-        plugins=[AtomicCheckpointIO()],
-        logger=KeepingCSVLogger(out),
-        default_root_dir=out,
-        use_distributed_sampler=False,  # our samplers shard by rank (see SegmentationData)
-        log_every_n_steps=1,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        limit_train_batches=limit_train_batches,
-        limit_val_batches=None if validate else 0,
-        num_sanity_val_steps=None if validate else 0,
-        deterministic=False,
-    )
+    trainer, best = _trainer(config, out, validate, progress, limit_train_batches, accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy)
     workers = resolve_workers(config.num_workers, trainer.num_devices)
-
-    size = config.input_size
-    train_samples, problems = find_samples(data, config.train_split)
-    val_samples, vproblems = find_samples(data, config.val_split) if validate else ([], [])
-    if lead:
-        for p in problems + vproblems:
-            print(f"warning: {p}")
-    # Per-process in-memory caches multiply with workers; past the limit use only the disk cache.
-    est = (len(train_samples) + len(val_samples)) * size[0] * size[1] * 4 * max(1, workers)
-    in_memory = config.cache and est <= MEMORY_CACHE_LIMIT
-    if config.cache and not in_memory and lead:
-        print(f"note: in-memory sample cache off ({est / 2**30:.1f} GiB across {workers} workers); set cache_dir for a shared on-disk cache")
-    train_ds = SegmentationDataset(train_samples, size, TrainTransform(config.augment), cache=in_memory, cache_dir=config.cache_dir)
-    val_ds = SegmentationDataset(val_samples, size, eval_transform, cache=in_memory, cache_dir=config.cache_dir) if validate else None
+    train_ds, val_ds = _datasets(config, data, validate, workers, lead)
     weights, repeat = _class_statistics(config, train_ds)
     module = SegmentationModule(asdict(config), weights)
 
     if lead and not resume:
         atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(asdict(config), indent=2)))
+    last = out / "checkpoints" / "last.ckpt"
     try:
         trainer.fit(module, datamodule=SegmentationData(train_ds, val_ds, config, workers, repeat), ckpt_path=ckpt_path, weights_only=True)
     except FloatingPointError as e:
@@ -238,23 +280,6 @@ def train(
         raise TrainingDiverged(f"{e}; training stopped and {kept}. Lower the learning rate or use precision 32-true.") from None
     if not trainer.is_global_zero:
         return {}
-
-    result = {}
-    best_cb = checkpoints[0] if checkpoints else None
-    best_score = float(best_cb.best_model_score) if best_cb and best_cb.best_model_score is not None else None
-    for tag, path in (("best", best_cb.best_model_path if best_cb else ""), ("last", str(last))):
-        if not path or not Path(path).exists():
-            continue
-        # Our own Lightning checkpoint; still loaded without unpickling arbitrary objects.
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        module.model.load_state_dict(state)
-        metrics = {"epoch": ckpt["epoch"]}
-        if tag == "best":
-            metrics["val_miou_at_input_size"] = best_score
-        save_model(out / f"{tag}.safetensors", module.model, make_metadata(config.model, size, asdict(config), metrics))
-        result[tag] = metrics
-    from .report import plot_curves
-
+    result = _release(module, config, out, best)
     plot_curves(out / "metrics.csv", out / "curves.png")
     return result
