@@ -125,18 +125,15 @@ def _scan(folder: Path, suffixes: tuple[str, ...], split: str, add) -> dict[str,
     return by_stem
 
 
-def check_data(root: Path | str, full_decode: bool = False, workers: int | None = None, progress: bool = True) -> dict:
-    """Audit every split folder under ``root``; returns a JSON-ready report.
+class _Problems(list):
+    """Every problem found, as JSON-ready dicts; called to add one."""
 
-    ``report["ok"]`` is false when any problem of severity ``error`` was found.
-    """
-    t0 = time.perf_counter()
-    root = Path(root)
-    problems: list[dict] = []
+    def __call__(self, severity: str, kind: str, path, problem: str, split: str | None = None) -> None:
+        self.append({"severity": severity, "kind": kind, "path": str(path), "problem": problem, "split": split})
 
-    def add(severity: str, kind: str, path, problem: str, split: str | None = None) -> None:
-        problems.append({"severity": severity, "kind": kind, "path": str(path), "problem": problem, "split": split})
 
+def _plan(root: Path, add: _Problems) -> list[tuple[str, Path, dict, dict]]:
+    """``(name, folder, images by stem, masks by stem)`` per split folder; orphans reported."""
     split_dirs = find_split_dirs(root)
     if not split_dirs:
         add("error", "no_splits", root, f"no folder with {IMAGE_DIR}/ found (looked 4 levels deep)")
@@ -147,20 +144,21 @@ def check_data(root: Path | str, full_decode: bool = False, workers: int | None 
         if not (d / MASK_DIR).is_dir():
             add("error", "no_masks", d / MASK_DIR, "mask folder not found", name)
         masks = _scan(d / MASK_DIR, (".png",), name, add)
-        masks_lower = {s.lower(): p for s, p in masks.items()}
-        images_lower = {s.lower(): p for s, p in images.items()}
-        for stem, p in images.items():
-            if stem not in masks:
-                hint = f" (a mask named {masks_lower[stem.lower()].name} differs only in case)" if stem.lower() in masks_lower else ""
-                add("error", "orphan_image", p, "image without a mask" + hint, name)
-        for stem, p in masks.items():
-            if stem not in images:
-                hint = f" (an image named {images_lower[stem.lower()].name} differs only in case)" if stem.lower() in images_lower else ""
-                add("error", "orphan_mask", p, "mask without an image" + hint, name)
+        for mine, theirs, kind, what, other in ((images, masks, "orphan_image", "image without a mask", "a mask"), (masks, images, "orphan_mask", "mask without an image", "an image")):
+            theirs_lower = {t.lower(): q for t, q in theirs.items()}
+            for stem, path in mine.items():
+                if stem not in theirs:
+                    hint = f" ({other} named {theirs_lower[stem.lower()].name} differs only in case)" if stem.lower() in theirs_lower else ""
+                    add("error", kind, path, what + hint, name)
         if not images:
             add("error", "no_pairs", d / IMAGE_DIR, "no images in this folder", name)
         plans.append((name, d, images, masks))
+    return plans
 
+
+def _inspect_all(plans: list, full_decode: bool, workers: int | None, progress: bool) -> dict[tuple[int, str], dict[str, dict]]:
+    """Inspect every file on a thread pool (PNG decoding releases the GIL): results by
+    (split index, "image" | "mask") then by stem."""
     jobs = [(i, "image", p) for i, (_, _, imgs, _) in enumerate(plans) for p in imgs.values()]
     jobs += [(i, "mask", p) for i, (_, _, _, msks) in enumerate(plans) for p in msks.values()]
 
@@ -169,8 +167,7 @@ def check_data(root: Path | str, full_decode: bool = False, workers: int | None 
         return i, what, (_inspect_image(p, full_decode) if what == "image" else _inspect_mask(p))
 
     results: dict[tuple[int, str], dict[str, dict]] = defaultdict(dict)
-    workers = workers or min(8, (os.cpu_count() or 1) + 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
         it = pool.map(run, jobs)
         if progress:
             from tqdm import tqdm
@@ -178,70 +175,68 @@ def check_data(root: Path | str, full_decode: bool = False, workers: int | None 
             it = tqdm(it, total=len(jobs), desc="check-data", unit="file", leave=False)
         for i, what, info in it:
             results[(i, what)][info["path"].stem] = info
+    return results
 
-    splits = []
-    total_counts = np.zeros(65536, dtype=np.int64)
-    class_images = Counter()
-    digests: dict[str, list[tuple[str, Path]]] = defaultdict(list)
-    for i, (name, d, images, masks) in enumerate(plans):
-        img_info, mask_info = results[(i, "image")], results[(i, "mask")]
-        counts = np.zeros(65536, dtype=np.int64)
-        s_class_images = Counter()
-        envs, sizes, img_modes, mask_modes = Counter(), Counter(), Counter(), Counter()
-        unknown = Counter()
-        for info in list(img_info.values()) + list(mask_info.values()):
-            if "error" in info:
-                add("error", _kind(info["error"]), info["path"], info["error"], name)
-        for info in img_info.values():
-            if "digest" in info and "error" not in info:
-                digests[info["digest"]].append((name, info["path"]))
-        pairs = 0
-        for stem in sorted(set(images) & set(masks)):
-            im, mk = img_info[stem], mask_info[stem]
-            pairs += 1
-            envs[environment(stem)] += 1
-            if "size" in im:
-                sizes["%dx%d" % im["size"]] += 1
-            if "mode" in im:
-                img_modes[im["mode"]] += 1
-            if "mode" in mk:
-                mask_modes[mk["mode"]] += 1
-            if "size" in im and "size" in mk and im["size"] != mk["size"]:
-                add("error", "size_mismatch", mk["path"], "mask is %dx%d but its image is %dx%d" % (*mk["size"], *im["size"]), name)
-            if "ids" not in mk:
-                continue
-            ids, n = mk["ids"], mk["n"]
-            bad = ~_KNOWN[ids]
-            if bad.any():
-                listed = ", ".join(f"{v} ({k} px)" for v, k in zip(ids[bad][:8].tolist(), n[bad][:8].tolist()))
-                add("error", "unknown_ids", mk["path"], f"raw ids not in the class table: {listed}; they would be ignored in training", name)
-                for v, k in zip(ids[bad].tolist(), n[bad].tolist()):
-                    unknown[v] += k
-            counts[ids] += n
-            present = set(ids.tolist())
-            for cls in CLASSES:
-                if cls.raw_id in present:
-                    s_class_images[cls.name] += 1
-        total_counts += counts
-        class_images.update(s_class_images)
-        known_total = int(counts[_KNOWN].sum())
-        splits.append({
-            "name": name,
-            "path": str(d),
-            "pairs": pairs,
-            "images": len(images),
-            "masks": len(masks),
-            "orphan_images": len(set(images) - set(masks)),
-            "orphan_masks": len(set(masks) - set(images)),
-            "environments": dict(sorted(envs.items())),
-            "image_sizes": dict(sizes.most_common()),
-            "image_modes": dict(img_modes.most_common()),
-            "mask_modes": dict(mask_modes.most_common()),
-            "class_share": {c.name: (float(counts[c.raw_id]) / known_total if known_total else 0.0) for c in CLASSES},
-            "class_images": {c.name: s_class_images[c.name] for c in CLASSES},
-            "unknown_ids": {str(k): v for k, v in sorted(unknown.items())},
-        })
 
+def _check_ids(mk: dict, name: str, add: _Problems, counts: np.ndarray, unknown: Counter, class_images: Counter) -> None:
+    """Count a mask's raw ids into ``counts``; ids outside the class table are an error."""
+    ids, n = mk["ids"], mk["n"]
+    bad = ~_KNOWN[ids]
+    if bad.any():
+        listed = ", ".join(f"{v} ({k} px)" for v, k in zip(ids[bad][:8].tolist(), n[bad][:8].tolist()))
+        add("error", "unknown_ids", mk["path"], f"raw ids not in the class table: {listed}; they would be ignored in training", name)
+        for v, k in zip(ids[bad].tolist(), n[bad].tolist()):
+            unknown[v] += k
+    counts[ids] += n
+    present = set(ids.tolist())
+    class_images.update(cls.name for cls in CLASSES if cls.raw_id in present)
+
+
+def _summarise_split(plan: tuple, img_info: dict, mask_info: dict, add: _Problems, digests: dict) -> tuple[dict, np.ndarray, Counter]:
+    """One split's report entry, its raw-id pixel counts and per-class image counts."""
+    name, d, images, masks = plan
+    counts = np.zeros(65536, dtype=np.int64)
+    class_images: Counter = Counter()
+    envs, sizes, img_modes, mask_modes, unknown = Counter(), Counter(), Counter(), Counter(), Counter()
+    for info in list(img_info.values()) + list(mask_info.values()):
+        if "error" in info:
+            add("error", _kind(info["error"]), info["path"], info["error"], name)
+    for info in img_info.values():
+        if "digest" in info and "error" not in info:
+            digests[info["digest"]].append((name, info["path"]))
+    pairs = sorted(set(images) & set(masks))
+    for stem in pairs:
+        im, mk = img_info[stem], mask_info[stem]
+        envs[environment(stem)] += 1
+        sizes.update(["%dx%d" % im["size"]] if "size" in im else [])
+        img_modes.update([im["mode"]] if "mode" in im else [])
+        mask_modes.update([mk["mode"]] if "mode" in mk else [])
+        if "size" in im and "size" in mk and im["size"] != mk["size"]:
+            add("error", "size_mismatch", mk["path"], "mask is %dx%d but its image is %dx%d" % (*mk["size"], *im["size"]), name)
+        if "ids" in mk:
+            _check_ids(mk, name, add, counts, unknown, class_images)
+    known_total = int(counts[_KNOWN].sum())
+    entry = {
+        "name": name,
+        "path": str(d),
+        "pairs": len(pairs),
+        "images": len(images),
+        "masks": len(masks),
+        "orphan_images": len(set(images) - set(masks)),
+        "orphan_masks": len(set(masks) - set(images)),
+        "environments": dict(sorted(envs.items())),
+        "image_sizes": dict(sizes.most_common()),
+        "image_modes": dict(img_modes.most_common()),
+        "mask_modes": dict(mask_modes.most_common()),
+        "class_share": {c.name: (float(counts[c.raw_id]) / known_total if known_total else 0.0) for c in CLASSES},
+        "class_images": {c.name: class_images[c.name] for c in CLASSES},
+        "unknown_ids": {str(k): v for k, v in sorted(unknown.items())},
+    }
+    return entry, counts, class_images
+
+
+def _duplicates(digests: dict, add: _Problems) -> None:
+    """The same image twice in a split is a warning; in two splits, validation data leaks into training."""
     for where in digests.values():
         if len(where) < 2:
             continue
@@ -255,8 +250,30 @@ def check_data(root: Path | str, full_decode: bool = False, workers: int | None 
         for s, p in others:
             add("error", "duplicate_across_splits", p, f"same image as {p0} in split {s0} (validation data leaks into training)", s)
 
+
+def check_data(root: Path | str, full_decode: bool = False, workers: int | None = None, progress: bool = True) -> dict:
+    """Audit every split folder under ``root``; returns a JSON-ready report.
+
+    ``report["ok"]`` is false when any problem of severity ``error`` was found.
+    """
+    t0 = time.perf_counter()
+    root = Path(root)
+    add = _Problems()
+    plans = _plan(root, add)
+    results = _inspect_all(plans, full_decode, workers, progress)
+    splits = []
+    total_counts = np.zeros(65536, dtype=np.int64)
+    class_images: Counter = Counter()
+    digests: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    for i, plan in enumerate(plans):
+        entry, counts, images = _summarise_split(plan, results[(i, "image")], results[(i, "mask")], add, digests)
+        splits.append(entry)
+        total_counts += counts
+        class_images.update(images)
+    _duplicates(digests, add)
+
     known_total = int(total_counts[_KNOWN].sum())
-    errors = [p for p in problems if p["severity"] == "error"]
+    errors = [p for p in add if p["severity"] == "error"]
     return {
         "root": str(root),
         "ok": not errors,
@@ -267,8 +284,8 @@ def check_data(root: Path | str, full_decode: bool = False, workers: int | None 
             for c in CLASSES
         ],
         "errors": len(errors),
-        "warnings": len(problems) - len(errors),
-        "problems": problems,
+        "warnings": len(add) - len(errors),
+        "problems": list(add),
         "seconds": round(time.perf_counter() - t0, 3),
         "full_decode": full_decode,
     }
