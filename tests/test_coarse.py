@@ -21,12 +21,9 @@ from desertseg.coarse import (
     cost_map,
     to_groups,
 )
-from desertseg.coarse_eval import (
-    evaluate_coarse,
-    format_coarse_table,
-    write_coarse_results,
-)
+from desertseg.coarse_eval import format_coarse_table, write_coarse_results
 from desertseg.data import read_image, read_mask
+from desertseg.evaluate import evaluate
 from desertseg.formats import get_format
 from desertseg.predict import Predictor
 from desertseg.samples import Sample, list_samples
@@ -81,7 +78,7 @@ def test_coarse_metrics_by_hand():
     m = coarse_summary(cm)
     iou = {g["group"]: g["iou"] for g in m["per_group"]}
     assert iou == pytest.approx({"sky": 1.0, "tall vegetation": 0.5, "low vegetation": 0.0, "traversable ground": 2 / 3, "obstacle": 1.0})
-    assert m["miou"] == pytest.approx((1 + 0.5 + 0 + 2 / 3 + 1) / 5)
+    assert m["miou_present"] == pytest.approx((1 + 0.5 + 0 + 2 / 3 + 1) / 5)
     assert m["pixel_accuracy"] == pytest.approx(5 / 7) and m["pixels"] == 7
 
 
@@ -108,10 +105,10 @@ def ycor_eval(tiny_run, ycor_dir):
     fmt = get_format("ycor")
     samples = fmt.find(ycor_dir, None)[0][:3]
     predictor = Predictor.from_checkpoint(tiny_run / "best.safetensors", device="cpu")
-    return predictor, samples, evaluate_coarse(predictor, samples, fmt, progress=False)
+    return predictor, samples, evaluate(predictor, samples, progress=False, fmt=fmt)
 
 
-def test_evaluate_coarse_on_real_ycor_photos(ycor_eval, tmp_path):
+def test_coarse_evaluation_on_real_ycor_photos(ycor_eval, tmp_path):
     predictor, samples, result = ycor_eval
     assert result["images"] == 3 and result["errors"] == [] and result["dataset"] == "ycor"
     # Recompute by hand with the documented tables: one matrix, masks' own resolution.
@@ -127,10 +124,10 @@ def test_evaluate_coarse_on_real_ycor_photos(ycor_eval, tmp_path):
     assert result["confusion_matrix"] == cm.tolist()
     white = sum(int((np.asarray(Image.open(s.mask).convert("RGB")) == 255).all(-1).sum()) for s in samples)
     assert result["pixels"] == 3 * 544 * 1024 - white
-    assert 0 <= result["miou_all"] <= 1 and 0 <= result["miou"] <= 1 and 0 <= result["pixel_accuracy"] <= 1
+    assert 0 <= result["miou_all"] <= 1 and 0 <= result["miou_present"] <= 1 and 0 <= result["pixel_accuracy"] <= 1
     assert [g["group"] for g in result["per_group"]] == list(GROUP_NAMES)
     assert np.asarray(result["label_vs_prediction"]["counts"]).sum() == 3 * 544 * 1024  # every pixel, unlabelled too
-    assert len(result["per_image"]) == 3 and all(0 <= p["miou"] <= 1 for p in result["per_image"])
+    assert len(result["per_image"]) == 3 and all(0 <= p["miou_present"] <= 1 for p in result["per_image"])
     table = format_coarse_table(result)
     assert "coarse mIoU" in table and "| traversable grass | traversable ground |" in table
     js, md, png = write_coarse_results(result, tmp_path)
@@ -138,13 +135,28 @@ def test_evaluate_coarse_on_real_ycor_photos(ycor_eval, tmp_path):
     assert "Confusion matrix" in md.read_text() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_evaluate_coarse_reports_bad_files_and_finishes(ycor_eval, tmp_path):
+def test_coarse_evaluation_reports_bad_files_and_finishes(ycor_eval, tmp_path):
     predictor, samples, _ = ycor_eval
     (tmp_path / "empty.png").write_bytes(b"")
     bad = Sample("bad", samples[0].image, tmp_path / "empty.png")
-    result = evaluate_coarse(predictor, [bad, samples[0]], get_format("ycor"), progress=False)
+    result = evaluate(predictor, [bad, samples[0]], progress=False, fmt=get_format("ycor"))
     assert result["images"] == 1 and len(result["errors"]) == 1 and "empty.png" in result["errors"][0]
     assert "1 files could not be read" in format_coarse_table(result)
+
+
+def test_duality_evaluation_carries_its_coarse_summary_from_the_same_loop(tiny_run, duality_root):
+    """Fine and coarse metrics are two summaries of one pass: the coarse matrix of a Duality
+    evaluation equals per-pixel group confusions summed by hand."""
+    samples, _ = list_samples(duality_root / "val")
+    predictor = Predictor.from_checkpoint(tiny_run / "best.safetensors", device="cpu")
+    result = evaluate(predictor, samples[:2], progress=False)
+    cm = np.zeros((5, 5), np.int64)
+    for s in samples[:2]:
+        pred = predictor.predict(read_image(s.image)).mask
+        cm += coarse_confusion(to_groups(pred), to_groups(raw_to_index(read_mask(s.mask))))
+    assert result["coarse"]["confusion_matrix"] == cm.tolist()
+    assert np.asarray(result["confusion_matrix"]).sum() == cm.sum()  # every labelled pixel, in both
+    assert result["coarse"]["miou_present"] == pytest.approx(coarse_summary(cm)["miou_present"])
 
 
 def _cli(*args):

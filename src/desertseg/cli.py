@@ -113,45 +113,26 @@ def evaluate(
     dataset: str = typer.Option("duality", help="Format of --data: duality (desert masks, 10 classes), ycor (real photos, scored in coarse groups) or a .toml format file (see desertseg.formats)."),
 ) -> None:
     """Evaluate a model with one confusion matrix over the whole dataset, at full resolution."""
+    from .coarse_eval import format_coarse_table, write_coarse_results
     from .evaluate import evaluate as run_eval
     from .evaluate import format_table, write_results
-    from .samples import find_samples
+    from .formats import get_format
 
     if run is not None and report is None:
         _fail("--run adds training curves to the HTML report; pass --report DIR as well.")
-    if dataset != "duality":  # other label sets are scored in shared coarse groups (coarse_eval.py)
-        from .coarse_eval import (
-            evaluate_coarse,
-            format_coarse_table,
-            write_coarse_results,
-        )
-        from .formats import get_format
-
-        if report is not None:
-            _fail("--report covers the 10 desert classes; with --dataset, --out writes the coarse-group results.")
-        fmt = get_format(dataset)
-        samples, problems = fmt.find(data, split)
-        for p in problems:
-            typer.echo(f"warning: {p}", err=True)
-        predictor = _predictor(checkpoint, device, flip, scales, sliding_window, backend)
-        typer.echo(f"Model: {predictor.name} on {predictor.device}", err=True)
-        result = evaluate_coarse(predictor, samples[:limit] if limit else samples, fmt)
-        typer.echo(format_coarse_table(result))
-        if out is not None:
-            typer.echo("Wrote " + ", ".join(map(str, write_coarse_results(result, out))))
-        if result["errors"] or problems:
-            raise typer.Exit(1)
-        return
-    samples, problems = find_samples(data, split or "val")
+    fmt = get_format(dataset)
+    fine = fmt.name == "duality"  # other label sets are scored in shared coarse groups
+    if report is not None and not fine:
+        _fail("--report covers the 10 desert classes; with --dataset, --out writes the coarse-group results.")
+    samples, problems = fmt.find(data, split)
     for p in problems:
         typer.echo(f"warning: {p}", err=True)
     predictor = _predictor(checkpoint, device, flip, scales, sliding_window, backend)
     typer.echo(f"Model: {predictor.name} on {predictor.device}", err=True)
-    result = run_eval(predictor, samples[:limit] if limit else samples, protocol=protocol)
-    typer.echo(format_table(result))
+    result = run_eval(predictor, samples[:limit] if limit else samples, protocol=protocol, fmt=fmt)
+    typer.echo(format_table(result) if fine else format_coarse_table(result))
     if out is not None:
-        js, md = write_results(result, out)
-        typer.echo(f"Wrote {js} and {md}")
+        typer.echo("Wrote " + ", ".join(map(str, write_results(result, out) if fine else write_coarse_results(result, out))))
     if report is not None:
         from .report import write_report
 
@@ -335,6 +316,8 @@ def serve_app(
     checkpoint: Optional[Path] = typer.Option(None, help="Model file (.safetensors or .onnx); the bundled default model when omitted."),
     port: int = typer.Option(8501, min=1, max=65535, help="Port of the dashboard."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps the dashboard private to this machine, 0.0.0.0 shares it on the network."),
+    models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="Folder of model files (.safetensors, .onnx) the page may list and load by name; without it, no typed model paths are accepted."),
+    max_upload_mb: int = typer.Option(50, "--max-upload-mb", min=1, max=10_000, help="Largest file a browser may upload, in MB (Streamlit's server.maxUploadSize)."),
 ) -> None:
     """Start the dashboard (Streamlit) in this terminal; open the printed URL in a browser. Ctrl+C stops it."""
     import importlib.util
@@ -348,10 +331,16 @@ def serve_app(
         env["DESERTSEG_APP_CHECKPOINT"] = str(checkpoint.resolve())
     else:
         env.pop("DESERTSEG_APP_CHECKPOINT", None)
+    # The page reads the folder from the environment, as it reads --checkpoint; unset means typed paths are off.
+    env.pop("DESERTSEG_APP_MODELS_DIR", None)
+    if models_dir is not None:
+        if not models_dir.is_dir():
+            _fail(f"{models_dir}: models folder not found (--models-dir needs an existing folder)")
+        env["DESERTSEG_APP_MODELS_DIR"] = str(models_dir.resolve())
     page = Path(__file__).with_name("app.py")
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(page),
-        "--server.headless", "true", "--server.address", host, "--server.port", str(port),
+        "--server.headless", "true", "--server.address", host, "--server.port", str(port), "--server.maxUploadSize", str(max_upload_mb),
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--global.developmentMode", "false", "--client.toolbarMode", "minimal",
     ]
     typer.echo(f"Dashboard at http://{host}:{port} (Ctrl+C stops it)", err=True)

@@ -124,16 +124,26 @@ def coarse_confusion(pred_groups: np.ndarray, target_groups: np.ndarray) -> np.n
     return confusion_matrix(pred_groups, target_groups, num_classes=NUM_GROUPS)
 
 
-def coarse_summary(cm: np.ndarray) -> dict:
-    """Per-group IoU, mIoU, pixel accuracy, ... of a ``(G, G)`` confusion matrix (see metrics.summarize).
+def group_confusion(cross: np.ndarray, target_lut: np.ndarray, pred_lut: np.ndarray = DESERT_LUT) -> np.ndarray:
+    """``(G, G)`` group counts from a ``(labels, classes)`` table of pixel counts: each label's row
+    goes to its group, each predicted class's column to its group; ignored labels drop out.
+    Summing per-pixel group matrices gives the same numbers."""
+    cross = np.asarray(cross, dtype=np.int64)
+    t, c = target_lut[: cross.shape[0]], pred_lut[: cross.shape[1]]
+    rows, cols = t < NUM_GROUPS, c < NUM_GROUPS
+    cm = np.zeros((NUM_GROUPS, NUM_GROUPS), dtype=np.int64)
+    np.add.at(cm, (t[rows][:, None], c[cols][None, :]), cross[np.ix_(rows, cols)])
+    return cm
 
-    ``miou`` is the mean IoU over the groups present in the ground truth.
-    """
+
+def coarse_summary(cm: np.ndarray) -> dict:
+    """Per-group IoU, mIoU, pixel accuracy, ... of a ``(G, G)`` confusion matrix (see
+    metrics.summarize: ``miou_present`` over the groups present in the ground truth,
+    ``miou_all`` over every group)."""
     result = summarize(cm, GROUP_NAMES)
     for row in result["per_class"]:
         row["group"] = row.pop("class")
     result["per_group"] = result.pop("per_class")
-    result["miou"] = result["miou_present"]
     return result
 
 

@@ -10,61 +10,92 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from .classes import CLASS_NAMES, raw_to_index
-from .data import DataError, read_image, read_mask, resize_mask
+from .classes import CLASS_NAMES, NUM_CLASSES
+from .coarse import GROUP_NAMES, coarse_summary, group_confusion, mapping_table
+from .data import DataError, read_image, resize_mask
+from .formats import DatasetFormat, get_format
 from .metrics import confusion_matrix, summarize
 from .predict import Predictor
 from .runtime import describe_device
 from .samples import Sample
 
 
-def evaluate(predictor: Predictor, samples: list[Sample], protocol: str = "full", progress: bool = True, keep_per_image: bool = True) -> dict:
-    """Evaluate ``predictor`` on image/mask ``samples``.
+def labelled_pairs(samples: list[Sample], read_labels, errors: list[str]) -> Iterator[tuple[Sample, np.ndarray, np.ndarray, float]]:
+    """``(sample, image (H, W, 3) uint8, target (H, W) uint8, decode seconds)`` per readable pair.
 
-    Returns the metrics of :func:`desertseg.metrics.summarize` plus ``confusion_matrix``,
-    ``latency_ms`` (end-to-end: decode -> prediction at full size, and model-only),
-    ``per_image`` mIoU (for worst-N galleries) and ``errors`` (files that could not be read;
-    they are skipped, never silently).
+    ``read_labels`` turns a mask file into label indices (the dataset format's reader). A file
+    that cannot be read, or a mask of another size than its image, is appended to ``errors``
+    and skipped, never silently.
     """
-    from tqdm import tqdm
-
-    if protocol not in ("full", "resized"):
-        raise ValueError("protocol must be 'full' or 'resized'")
-    cm = np.zeros((len(CLASS_NAMES),) * 2, dtype=np.int64)
-    per_image, errors, e2e = [], [], []
-    model_before = predictor.timing.model
-    for s in tqdm(samples, desc="evaluate", unit="img", disable=not progress):
+    for s in samples:
         t0 = time.perf_counter()
         try:
             image = read_image(s.image)
-            target = raw_to_index(read_mask(s.mask))
+            target = read_labels(s.mask)
             if target.shape != image.shape[:2]:
                 raise DataError(s.mask, f"mask is {target.shape[1]}x{target.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}")
         except DataError as e:
             errors.append(str(e))
             continue
+        yield s, image, target, time.perf_counter() - t0
+
+
+def evaluate(predictor: Predictor, samples: list[Sample], protocol: str = "full", progress: bool = True, keep_per_image: bool = True, fmt: DatasetFormat | None = None) -> dict:
+    """Evaluate ``predictor`` on image/mask ``samples`` of dataset format ``fmt`` (Duality's by default).
+
+    One loop accumulates ONE table of pixel counts, the dataset's labels against the predicted
+    desert classes; the metrics are summaries of it. For Duality masks (labels = the 10 classes)
+    it is the confusion matrix: the metrics of :func:`desertseg.metrics.summarize` at the top
+    level, the coarse groups under ``coarse``. For another label set the coarse-group metrics
+    (:func:`desertseg.coarse.coarse_summary`) are the top level, with ``label_vs_prediction``.
+    Both carry ``confusion_matrix``, ``latency_ms`` (end-to-end: decode -> prediction at full
+    size, and model-only), ``per_image`` scores (for worst-N galleries) and ``errors`` (files
+    that could not be read; they are skipped, never silently).
+    """
+    from tqdm import tqdm
+
+    if protocol not in ("full", "resized"):
+        raise ValueError("protocol must be 'full' or 'resized'")
+    fmt = fmt or get_format("duality")
+    fine = tuple(fmt.class_names) == tuple(CLASS_NAMES)
+    cross = np.zeros((len(fmt.class_names), NUM_CLASSES), dtype=np.int64)
+    per_image, errors, e2e = [], [], []
+    model_before = predictor.timing.model
+    pairs = labelled_pairs(samples, fmt.read_labels, errors)
+    for s, image, target, decode_s in tqdm(pairs, total=len(samples), desc=f"evaluate {fmt.name}", unit="img", disable=not progress):
+        t0 = time.perf_counter()
         pred = predictor.predict(image).mask
         if protocol == "resized":
             # Both sides at the model's input size, nearest only (labels are never blended).
             target = resize_mask(target, predictor.input_size)
             pred = resize_mask(pred, predictor.input_size)
-        e2e.append(time.perf_counter() - t0)
-        one = confusion_matrix(pred, target)
-        cm += one
+        e2e.append(decode_s + time.perf_counter() - t0)
+        one = confusion_matrix(pred, target, NUM_CLASSES, num_targets=len(fmt.class_names))
+        cross += one
         if keep_per_image:
-            m = summarize(one)
+            m = summarize(one) if fine else coarse_summary(group_confusion(one, fmt.coarse_lut))
             per_image.append({"name": s.name, "image": str(s.image), "mask": str(s.mask), "miou_present": m["miou_present"], "pixel_accuracy": m["pixel_accuracy"]})
+    coarse = coarse_summary(group_confusion(cross, fmt.coarse_lut))
+    coarse.update(groups=list(GROUP_NAMES), confusion_matrix=group_confusion(cross, fmt.coarse_lut).tolist())
+    if fine:
+        result = summarize(cross)
+        result.update(confusion_matrix=cross.tolist(), coarse=coarse)
+    else:
+        result = coarse
+        result["label_vs_prediction"] = {"labels": list(fmt.class_names), "predicted": list(CLASS_NAMES), "counts": cross.tolist()}
+        result["mapping"] = {"dataset": [dict(r) for r in fmt.table], "desert": mapping_table()}
     n = len(e2e)
-    result = summarize(cm)
     result.update(
         {
+            "dataset": fmt.name,
+            "dataset_description": fmt.description,
             "images": n,
             "protocol": protocol,
-            "confusion_matrix": cm.tolist(),
             "latency_ms": {
                 "end_to_end_mean": 1000 * float(np.mean(e2e)) if n else None,
                 "end_to_end_p50": 1000 * float(np.median(e2e)) if n else None,

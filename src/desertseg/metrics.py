@@ -20,18 +20,21 @@ def confusion_metric(num_classes: int = NUM_CLASSES):
     return MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
 
 
-def confusion_matrix(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """``(C, C)`` int64 counts for one prediction; pixels whose target is ``IGNORE_INDEX`` never count.
+def confusion_matrix(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, num_classes: int = NUM_CLASSES, num_targets: int | None = None) -> np.ndarray:
+    """``(T, C)`` int64 counts for one prediction, rows ground truth; pixels whose target is
+    ``IGNORE_INDEX`` (or ``>= T``) never count. ``T = num_targets`` defaults to ``num_classes``
+    (a square matrix); another dataset's labels against desert predictions give a rectangle.
 
     Shape: ``pred`` and ``target`` ``(H, W)`` or ``(N, H, W)`` class indices.
     """
+    rows = num_classes if num_targets is None else num_targets
     pred = (pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)).reshape(-1)
     target = (target.detach().cpu().numpy() if isinstance(target, torch.Tensor) else np.asarray(target)).reshape(-1)
     if pred.shape != target.shape:
         raise ValueError(f"prediction has {pred.size} pixels but target has {target.size}")
-    keep = (target >= 0) & (target < num_classes)
+    keep = (target >= 0) & (target < rows)
     idx = target[keep].astype(np.int64) * num_classes + np.clip(pred[keep], 0, num_classes - 1).astype(np.int64)
-    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return np.bincount(idx, minlength=rows * num_classes).reshape(rows, num_classes)
 
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -49,18 +49,18 @@ def _save_array(array: np.ndarray, path: Path) -> Path:
     return path
 
 
-def plot_confusion(cm: np.ndarray, path: Path) -> Path:
-    """Row-normalised confusion matrix (each ground-truth row sums to 1) with class names."""
+def plot_confusion(cm: np.ndarray, path: Path, names=CLASS_NAMES, xlabel: str = "predicted class", ylabel: str = "ground-truth class", title: str = "Confusion matrix (rows normalised)") -> Path:
+    """Row-normalised confusion matrix (each ground-truth row sums to 1) with class (or group) names."""
     plt = _plt()
     cm = np.asarray(cm, dtype=np.float64)
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(8.5, 7.5))
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(3 + 0.55 * n, 2.5 + 0.5 * n))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    n = len(CLASS_NAMES)
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted class", ylabel="ground-truth class", title="Confusion matrix (rows normalised)")
-    ax.set_xticklabels(CLASS_NAMES, rotation=45, ha="right")
-    ax.set_yticklabels(CLASS_NAMES)
+    ax.set(xticks=range(n), yticks=range(n), xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_yticklabels(names)
     for i in range(n):
         for j in range(n):
             if rows[i, 0] > 0 and norm[i, j] >= 0.005:
