@@ -129,7 +129,7 @@ def table(summaries: list[Path]) -> str:
 
 
 def main() -> None:
-    from desertseg.config import load_config, parse_override
+    from desertseg.config import load_config, merge_overrides
 
     if sys.argv[1:2] == ["--table"]:  # python benchmarks/generalisation.py --table runs/loeo/*/summary.json
         print(table([Path(p) for p in sys.argv[2:]]))
@@ -149,12 +149,7 @@ def main() -> None:
 
     name = args.name or Path(args.preset).stem + ("-fast" if args.fast else "")
     out = args.out or ROOT / "runs" / "loeo" / name
-    overrides = dict(FAST) if args.fast else {}
-    for text in args.overrides:
-        key, value = parse_override(text)
-        if isinstance(value, dict) and isinstance(overrides.get(key), dict):
-            value = {**overrides[key], **value}
-        overrides[key] = value
+    overrides = merge_overrides(args.overrides, base=FAST if args.fast else None)
     folds = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for env in args.folds.split(","):

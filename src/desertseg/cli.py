@@ -67,22 +67,12 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="Override any preset key, e.g. --set loss=ce --set augment.hflip=0."),
 ) -> None:
     """Train a model with a preset recipe (use --preset seed for the published system's recipe)."""
-    from .config import load_config, parse_override
+    from .config import load_config, merge_overrides
     from .train import train as run_train
 
-    overrides: dict = {}
-    for item in set_:
-        key, value = parse_override(item)
-        if isinstance(value, dict):
-            overrides.setdefault(key, {}).update(value)
-        else:
-            overrides[key] = value
     num_workers = None if workers is None else int(workers) if workers.isdigit() else workers
-    path_or_none = str(cache_dir) if cache_dir is not None else None
-    for key, value in dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr, size=size, max_time=max_time, precision=precision, seed=seed,
-                           accumulate=accumulate, num_workers=num_workers, cache_dir=path_or_none).items():
-        if value is not None:
-            overrides[key] = value
+    overrides = merge_overrides(set_, model=model, epochs=epochs, batch_size=batch_size, lr=lr, size=size, max_time=max_time, precision=precision, seed=seed,
+                                accumulate=accumulate, num_workers=num_workers, cache_dir=str(cache_dir) if cache_dir is not None else None)
     if resume is not None and overrides:
         typer.echo(f"note: --resume continues with {resume / 'config.json'}; ignoring {', '.join(sorted(overrides))}", err=True)
     config = load_config(preset, overrides)
@@ -454,8 +444,7 @@ def split(
     overwrite: bool = typer.Option(False, help="Replace existing split files."),
 ) -> None:
     """Make environment-held-out train/val split files that train and evaluate accept."""
-    from .samples import environment
-    from .splits import make_splits, write_split_file
+    from .splits import describe_split, make_splits, write_split_file
 
     def envs(text: Optional[str]) -> Optional[list[str]]:
         return [e.strip().lower() for e in text.split(",") if e.strip()] if text else None

@@ -98,3 +98,17 @@ def parse_override(text: str) -> tuple[str, object]:
         top, sub = key.split(".", 1)
         return top, {sub: value}
     return key, value
+
+
+def merge_overrides(items: list[str], base: dict | None = None, **options) -> dict:
+    """Overrides from ``key=value`` texts (``--set``) on top of ``base``, then every option
+    that is not None (``--epochs 3``) on top of those. Tables merge key by key, so
+    ``--set augment.hflip=0 --set augment.haze=0.5`` changes two augmentation keys."""
+    overrides: dict = dict(base or {})
+    for text in items:
+        key, value = parse_override(text)
+        if isinstance(value, dict) and isinstance(overrides.get(key), dict):
+            value = {**overrides[key], **value}
+        overrides[key] = value
+    overrides.update({k: v for k, v in options.items() if v is not None})
+    return overrides

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 from .samples import FORMAT, Sample, collect_samples, environment
@@ -90,3 +91,9 @@ def write_split_file(path: Path | str, samples: list[Sample], data_root: Path | 
 
 
 
+
+
+def describe_split(samples: list[Sample]) -> str:
+    """``"124 pairs (cc 55, mt0 31, mt1 38)"``: the size of a split and its environments."""
+    counts = Counter(environment(s.name) for s in samples)
+    return f"{len(samples)} pairs ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})"
