@@ -33,9 +33,15 @@ SHARED = ROOT.parent / "shared" / "data" / "duality_sample"
 FAST = {"size": "256x144", "epochs": 10}
 
 
-def run_fold(config, data: Path, held_out: str, out: Path, threads: int, flip: bool = False) -> dict:
+def tta_tag(flip: bool, scales: tuple[float, ...]) -> str:
+    """``flip``, ``ms0.75-1-1.25``, both joined by ``+``, or ``""`` without test-time augmentation."""
+    parts = (["flip"] if flip else []) + (["ms" + "-".join(f"{x:g}" for x in scales)] if tuple(scales) != (1.0,) else [])
+    return "+".join(parts)
+
+
+def run_fold(config, data: Path, held_out: str, out: Path, threads: int, flip: bool = False, scales: tuple[float, ...] = (1.0,)) -> dict:
     """Train ``config`` on every environment but ``held_out``, score ``held_out`` (with
-    ``flip``: horizontal-flip test-time augmentation, reusing a model already trained)."""
+    ``flip`` / ``scales``: test-time augmentation, reusing a model already trained)."""
     import torch
 
     from desertseg.evaluate import evaluate
@@ -44,7 +50,8 @@ def run_fold(config, data: Path, held_out: str, out: Path, threads: int, flip: b
     from desertseg.train import train
 
     config.train_split, config.val_split = str(out / "train_split.json"), "none"
-    done = out / ("fold-flip.json" if flip else "fold.json")
+    tag = tta_tag(flip, scales)
+    done = out / (f"fold-{tag}.json" if tag else "fold.json")
     if done.is_file() and json.loads(done.read_text()).get("config") == asdict(config):
         return json.loads(done.read_text())
     torch.set_num_threads(threads)
@@ -60,7 +67,7 @@ def run_fold(config, data: Path, held_out: str, out: Path, threads: int, flip: b
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON only
             train(config, data, run_dir, resume=run_dir.exists(), progress=False)
     train_s = None if trained else round(time.perf_counter() - t0, 1)
-    predictor = Predictor.from_checkpoint(run_dir / "last.safetensors", device="cpu", backend="torch", flip=flip)
+    predictor = Predictor.from_checkpoint(run_dir / "last.safetensors", device="cpu", backend="torch", flip=flip, scales=tuple(scales))
     r = evaluate(predictor, splits["val"], progress=False, keep_per_image=False)
     result = {
         "held_out": held_out,
@@ -68,7 +75,7 @@ def run_fold(config, data: Path, held_out: str, out: Path, threads: int, flip: b
         "train_images": len(splits["train"]),
         "test_images": r["images"],
         "train_seconds": train_s,
-        "tta": "flip" if flip else None,
+        "tta": tag or None,
         "miou_all": round(r["miou_all"], 4),
         "miou_present": round(r["miou_present"], 4),
         "pixel_accuracy": round(r["pixel_accuracy"], 4),
@@ -145,20 +152,23 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="results folder (default runs/loeo/NAME)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--flip", action="store_true", help="score with horizontal-flip test-time augmentation (reuses trained folds)")
+    ap.add_argument("--scales", default="1", help="test-time scales of the input size, e.g. 0.75,1,1.25 (reuses trained folds)")
     args = ap.parse_args()
 
     name = args.name or Path(args.preset).stem + ("-fast" if args.fast else "")
     out = args.out or ROOT / "runs" / "loeo" / name
     overrides = merge_overrides(args.overrides, base=FAST if args.fast else None)
+    scales = tuple(float(x) for x in args.scales.split(","))
+    tag = tta_tag(args.flip, scales)
     folds = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for env in args.folds.split(","):
             config = load_config(args.preset, {**overrides, "seed": seed})
-            result = run_fold(config, args.data, env, out / f"{env}-seed{seed}", args.threads, args.flip)
+            result = run_fold(config, args.data, env, out / f"{env}-seed{seed}", args.threads, args.flip, scales)
             print(f"{name}: held out {env}, seed {seed}: mIoU all {result['miou_all']:.4f}, present {result['miou_present']:.4f}", file=sys.stderr)
             folds.append(result)
     doc = {
-        "recipe": name + (" + flip TTA" if args.flip else ""),
+        "recipe": name + (f" + {tag} TTA" if tag else ""),
         "preset": args.preset,
         "overrides": overrides,
         "protocol": "leave-one-environment-out over all shared Duality pairs; last epoch; full-resolution confusion matrix",
@@ -166,7 +176,7 @@ def main() -> None:
         **summarize(folds),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / ("summary-flip.json" if args.flip else "summary.json")).write_text(json.dumps(doc, indent=1))
+    (out / (f"summary-{tag}.json" if tag else "summary.json")).write_text(json.dumps(doc, indent=1))
     print(json.dumps(doc, indent=1))
 
 
