@@ -39,6 +39,16 @@ def tta_tag(flip: bool, scales: tuple[float, ...]) -> str:
     return "+".join(parts)
 
 
+def same_recipe(saved: dict, config) -> bool:
+    """Whether a fold saved earlier trained ``config``. A key the saved config lacks was added
+    to TrainConfig later; it matches when ``config`` holds that key's default (the behaviour
+    before the key existed), so adding a key does not retrain every finished fold."""
+    from dataclasses import MISSING, fields
+
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(config)}
+    return all(saved[k] == v if k in saved else v == defaults[k] for k, v in asdict(config).items())
+
+
 def run_fold(config, data: Path, held_out: str, out: Path, threads: int, flip: bool = False, scales: tuple[float, ...] = (1.0,)) -> dict:
     """Train ``config`` on every environment but ``held_out``, score ``held_out`` (with
     ``flip`` / ``scales``: test-time augmentation, reusing a model already trained)."""
@@ -52,14 +62,14 @@ def run_fold(config, data: Path, held_out: str, out: Path, threads: int, flip: b
     config.train_split, config.val_split = str(out / "train_split.json"), "none"
     tag = tta_tag(flip, scales)
     done = out / (f"fold-{tag}.json" if tag else "fold.json")
-    if done.is_file() and json.loads(done.read_text()).get("config") == asdict(config):
+    if done.is_file() and same_recipe(json.loads(done.read_text()).get("config") or {}, config):
         return json.loads(done.read_text())
     torch.set_num_threads(threads)
     splits, _ = make_splits(data, [held_out])
     write_split_file(out / "train_split.json", splits["train"], data, "train")
     run_dir = out / "run"
     saved = run_dir / "config.json"
-    if saved.is_file() and json.loads(saved.read_text()) != asdict(config):
+    if saved.is_file() and not same_recipe(json.loads(saved.read_text()), config):
         raise SystemExit(f"{run_dir} holds a run of another recipe; give this one its own --out or --name")
     trained = (run_dir / "last.safetensors").is_file() and saved.is_file()
     t0 = time.perf_counter()
