@@ -30,6 +30,7 @@ def sample(duality_root) -> Sample:
 def app(tiny_run, monkeypatch):
     """A page started as `desertseg app --checkpoint <tiny best.safetensors>` would start it."""
     monkeypatch.setenv(app_logic.CHECKPOINT_ENV, str(tiny_run / "best.safetensors"))
+    monkeypatch.delenv(app_logic.MODELS_DIR_ENV, raising=False)
     at = AppTest.from_file(str(APP), default_timeout=180)
     at.run()
     assert not at.exception, at.exception
@@ -168,10 +169,7 @@ def test_bad_ground_truth_masks_give_a_message(app, sample):
         assert len(at.get("download_button")) == 3
 
 
-def test_bad_model_path_and_missing_bundled_model(app, sample, tmp_path, monkeypatch):
-    app.sidebar.text_input(key="model_path").set_value(str(sample.image)).run()
-    assert not app.exception
-    assert "Cannot load the model" in messages(app) and "not a safetensors model file" in messages(app)
+def test_missing_bundled_model(app, tmp_path, monkeypatch):
     monkeypatch.setattr("desertseg.checkpoint.default_model_path", lambda: tmp_path / "default.safetensors")
     app.sidebar.radio(key="model_source").set_value("Bundled default model").run()
     assert "bundled default model is not installed" in messages(app)
@@ -247,3 +245,157 @@ def test_robot_view_shows_coarse_groups_and_cost_map(app, sample):
     captions = [c for img in app.get("image") for c in img.captions]
     assert any(c.startswith("Coarse groups") for c in captions)
     assert any(c.startswith("Traversability cost") for c in captions)
+
+
+# --- sharing the dashboard: the models folder, the upload cap, one session's results ---
+
+
+@pytest.fixture
+def models_tree(tmp_path, tiny_run) -> dict[str, Path]:
+    """A models folder holding a real model, a symlink inside it to that model, symlinks escaping
+    it (to a real model outside, to a missing file, to an outside folder) and a non-model file."""
+    models, outside = tmp_path / "models", tmp_path / "outside"
+    (models / "run").mkdir(parents=True)
+    outside.mkdir()
+    (models / "run" / "best.safetensors").write_bytes((tiny_run / "best.safetensors").read_bytes())
+    (outside / "secret.safetensors").write_bytes((tiny_run / "best.safetensors").read_bytes())  # loadable, if reached
+    (models / "alias.safetensors").symlink_to(models / "run" / "best.safetensors")
+    (models / "escape.safetensors").symlink_to(outside / "secret.safetensors")
+    (models / "dangling.onnx").symlink_to(outside / "missing.onnx")
+    (models / "outdir").symlink_to(outside, target_is_directory=True)
+    (models / "broken.safetensors").write_bytes(b"not a model at all")
+    (models / "notes.txt").write_text("a notes file, not a model")
+    return {"models": models, "outside": outside}
+
+
+def _refusal(models: Path, name: str) -> str:
+    with pytest.raises(app_logic.ModelPathError) as e:
+        app_logic.resolve_model_path(models, name)
+    return str(e.value).replace(name, "NAME", 1)
+
+
+def test_resolve_model_path_accepts_only_model_files_inside_the_folder(models_tree):
+    models, outside = models_tree["models"], models_tree["outside"]
+    best = (models / "run" / "best.safetensors").resolve()
+    assert app_logic.resolve_model_path(models, "run/best.safetensors") == best
+    assert app_logic.resolve_model_path(models, str(models / "run" / "best.safetensors")) == best  # absolute, inside
+    assert app_logic.resolve_model_path(models, "alias.safetensors") == best  # a symlink staying inside
+    assert app_logic.resolve_model_path(models, "run/../run/best.safetensors") == best
+    refused = {
+        "../outside/secret.safetensors": "traversal to a real model outside",
+        "../outside/nothing.safetensors": "traversal to nothing",
+        "run/../../outside/secret.safetensors": "traversal through a sub-folder",
+        str(outside / "secret.safetensors"): "absolute path outside",
+        "/etc/passwd": "absolute path to a non-model outside",
+        "escape.safetensors": "symlink inside pointing to a real model outside",
+        "dangling.onnx": "symlink inside pointing to nothing outside",
+        "outdir/secret.safetensors": "through a symlinked folder pointing outside",
+        "notes.txt": "not a model file",
+        "missing.onnx": "missing inside",
+        "run": "a folder",
+        "bad\0name.onnx": "a NUL byte",
+    }
+    messages = {why: _refusal(models, name) for name, why in refused.items()}
+    # One message for every refusal, so it tells nothing about what exists outside the folder.
+    assert len(set(messages.values())) == 1, messages
+    assert "NAME: no model file of that name in the models folder" in messages["missing inside"]
+    assert str(outside) not in messages["symlink inside pointing to a real model outside"]
+
+
+def test_list_model_files_offers_only_what_resolves_inside(models_tree):
+    assert app_logic.list_model_files(models_tree["models"]) == ["alias.safetensors", "broken.safetensors", "run/best.safetensors"]
+    assert app_logic.list_model_files(models_tree["outside"] / "nope") == []
+
+
+def test_typed_model_paths_are_off_without_models_dir(app):
+    assert app.sidebar.radio(key="model_source").options == ["Bundled default model", "Model chosen at start (--checkpoint)", "Upload a model file"]
+    assert not [t for t in app.sidebar.text_input if t.key == "model_path"]
+
+
+def test_models_dir_lists_and_loads_only_files_inside(models_tree, monkeypatch):
+    monkeypatch.delenv(app_logic.CHECKPOINT_ENV, raising=False)
+    monkeypatch.setenv(app_logic.MODELS_DIR_ENV, str(models_tree["models"]))
+    at = AppTest.from_file(str(APP), default_timeout=180)
+    at.run()
+    at.sidebar.radio(key="model_source").set_value("Model file from the models folder").run()
+    assert at.sidebar.selectbox(key="model_pick").options == ["alias.safetensors", "broken.safetensors", "run/best.safetensors"]
+    at.sidebar.selectbox(key="model_pick").set_value("run/best.safetensors").run()
+    assert not at.exception and not at.error, messages(at)
+    assert any("unet_mobilenet_v2" in s.value for s in at.sidebar.success)
+    for name in ("escape.safetensors", "../outside/secret.safetensors", str(models_tree["outside"] / "secret.safetensors")):
+        at.sidebar.text_input(key="model_path").set_value(name).run()
+        assert not at.exception and not at.sidebar.success, name
+        assert messages(at) == f"{name}: no model file of that name in the models folder (the dashboard loads only .safetensors or .onnx files inside it)"
+    at.sidebar.text_input(key="model_path").set_value("broken.safetensors").run()
+    assert "broken.safetensors: cannot load the model" in messages(at)
+    assert str(models_tree["models"]) not in messages(at)  # the server's folder is not shown
+
+
+def test_page_names_the_upload_cap(app):
+    from streamlit import config
+
+    before = config.get_option("server.maxUploadSize")
+    config.set_option("server.maxUploadSize", 7)
+    try:
+        app.run()
+        assert any("up to 7 MB" in i.value for i in app.info), [i.value for i in app.info]
+    finally:
+        config.set_option("server.maxUploadSize", before)
+
+
+def test_remember_and_forget_others():
+    store, calls = {}, []
+    assert app_logic.remember(store, "a", lambda x: calls.append(x) or 1, "a") == 1
+    assert app_logic.remember(store, "a", lambda x: calls.append(x) or 2, "a") == 1  # kept, not recomputed
+    app_logic.remember(store, "b", lambda: 3)
+    app_logic.forget_others(store, ["b"])
+    assert store == {"b": 3} and calls == ["a"]
+
+
+def test_each_session_keeps_its_own_results(app, sample, tiny_run, duality_root, monkeypatch):
+    """Two sessions upload the same image: the second runs the model itself (nothing is served
+    from the first session's results), and a session keeps only its current upload's results."""
+    calls = []
+    original = app_logic.segment
+    monkeypatch.setattr(app_logic, "segment", lambda *a: calls.append(1) or original(*a))
+    upload(app, (sample.image.name, sample.image.read_bytes()))
+    app.slider(key="opacity").set_value(0.3).run()  # kept per session: no second model run
+    assert len(calls) == 1
+    other = AppTest.from_file(str(APP), default_timeout=180)
+    other.run()
+    assert not other.subheader and not other.get("download_button")  # nothing of the first session's
+    upload(other, (sample.image.name, sample.image.read_bytes()))
+    assert len(calls) == 2 and [h.value for h in other.subheader] == [sample.image.name]
+    second = sorted((duality_root / "val" / "Color_Images").iterdir())[1]
+    app.file_uploader(key="images").set_value([(second.name, second.read_bytes(), "image/png")]).run()
+    assert [h.value for h in app.subheader] == [second.name]
+    assert len(app.session_state["results"]) == 2  # the new image and its segmentation, nothing older
+
+
+def test_app_command_passes_models_dir_and_upload_cap(tmp_path, monkeypatch):
+    import os
+
+    from typer.testing import CliRunner
+
+    from desertseg.cli import app as cli
+
+    launched = {}
+
+    def execve(exe, cmd, env):  # stands in for becoming the Streamlit server
+        launched.update(cmd=cmd, env=env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execve", execve)
+    monkeypatch.setenv(app_logic.MODELS_DIR_ENV, str(tmp_path))  # a stale setting must not leak in
+    result = CliRunner().invoke(cli, ["app", "--port", "1"])
+    assert result.exit_code == 0, result.output
+    assert app_logic.MODELS_DIR_ENV not in launched["env"]
+    cmd = launched["cmd"]
+    assert cmd[cmd.index("--server.maxUploadSize") + 1] == "50"  # the default
+    result = CliRunner().invoke(cli, ["app", "--port", "1", "--models-dir", str(tmp_path), "--max-upload-mb", "12"])
+    assert result.exit_code == 0, result.output
+    assert launched["env"][app_logic.MODELS_DIR_ENV] == str(tmp_path.resolve())
+    cmd = launched["cmd"]
+    assert cmd[cmd.index("--server.maxUploadSize") + 1] == "12"
+    result = CliRunner().invoke(cli, ["app", "--port", "1", "--models-dir", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "none: models folder not found" in result.output

@@ -7,6 +7,7 @@ that is impossible it skips locally and fails under CI. Every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -88,20 +89,18 @@ def _desertseg() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "desertseg.cli"]
 
 
-@pytest.fixture
-def server(tiny_run, tmp_path):
-    """`desertseg app --checkpoint <tiny model> --port <free>`; always terminated afterwards."""
+@contextlib.contextmanager
+def running_app(args: list[str], tmp_path: Path):
+    """`desertseg app <args> --port <free>` until the block ends; yields ``(url, seconds to
+    become healthy, process)``. The process is the Streamlit server itself (the command execs it)."""
     port = _free_port()
     log = open(tmp_path / "server.log", "w")
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [*_desertseg(), "app", "--checkpoint", str(tiny_run / "best.safetensors"), "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    proc = subprocess.Popen([*_desertseg(), "app", *args, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(proc, url, tmp_path / "server.log", WAIT_S)
-        yield url, time.perf_counter() - started
+        yield url, time.perf_counter() - started, proc
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -112,6 +111,13 @@ def server(tiny_run, tmp_path):
         except ProcessLookupError:
             pass
         log.close()
+
+
+@pytest.fixture
+def server(tiny_run, tmp_path):
+    """`desertseg app --checkpoint <tiny model> --port <free>`; always terminated afterwards."""
+    with running_app(["--checkpoint", str(tiny_run / "best.safetensors")], tmp_path) as (url, ready_s, _):
+        yield url, ready_s
 
 
 def _evaluate_cli(tiny_run, image: Path, mask: Path, tmp_path: Path) -> dict:
@@ -216,3 +222,69 @@ def test_dashboard_in_a_real_browser(chromium, sync_playwright, server, tiny_run
     again = summarize(confusion_matrix(raw_to_index(raw), raw_to_index(read_mask(mask))))
     assert again["miou_all"] == pytest.approx(expected["miou_all"], abs=1e-12)
     assert (tmp_path / "app_screenshot.png").stat().st_size > 50_000
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB, from /proc (Linux: this test needs Debian's chromium anyway)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+SESSIONS, ROUNDS = 4, 10  # 40 uploads: each session replaces its image 10 times
+RSS_GROWTH_MB = 300  # allowed growth of the server's RSS from after 4 uploads to after 40
+
+
+def _replace_upload(page, old: Path | None, new: Path) -> None:
+    """Remove this session's previous image (as a user clicks its x), then upload ``new``."""
+    images = page.locator('[data-testid="stFileUploader"]').filter(has_text="Images (PNG or JPG)")
+    if old is not None:
+        images.get_by_role("button", name=f"Remove {old.name}").click()
+        page.get_by_text("Upload one or more photos").wait_for(state="visible")
+    images.locator('input[type="file"]').set_input_files(str(new))
+
+
+def _own_result_text(page, image: Path) -> str:
+    """The page's text once its result for ``image`` is complete (its heading and class shares)."""
+    page.locator("h3", has_text=image.name).wait_for(state="visible")
+    page.get_by_text("Predicted class shares").wait_for(state="visible")
+    page.locator('[data-testid="stTable"]', has_text="share").wait_for(state="visible")
+    return page.locator('[data-testid="stMain"]').inner_text()
+
+
+def test_sessions_see_only_their_own_uploads_and_memory_stays_bounded(chromium, sync_playwright, tiny_run, duality_root, tmp_path):
+    """4 browser sessions at once, each uploading different real images: each sees only its own
+    file names; 40 uploads later the server's RSS is within RSS_GROWTH_MB of its RSS after 4."""
+    train = sorted((duality_root / "train" / "Color_Images").iterdir())
+    assert len(train) >= SESSIONS * ROUNDS
+    mine = [[train[r * SESSIONS + s] for r in range(ROUNDS)] for s in range(SESSIONS)]  # session -> its images
+    timeout_ms = WAIT_S * 1000
+    t0 = time.perf_counter()
+    with running_app(["--checkpoint", str(tiny_run / "best.safetensors"), "--max-upload-mb", "20"], tmp_path) as (url, ready_s, proc), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True, timeout=timeout_ms)
+        try:
+            # One browser context per session: separate cookies and storage, as separate people.
+            pages = [browser.new_context(viewport={"width": 1400, "height": 2000}).new_page() for _ in range(SESSIONS)]
+            for page in pages:
+                page.set_default_timeout(timeout_ms)
+                page.goto(url, timeout=timeout_ms)
+            for page in pages:
+                page.get_by_text("Upload one or more photos").wait_for(state="visible")
+                assert "up to 20 MB" in page.locator('[data-testid="stMain"]').inner_text()  # the page names the cap
+            rss = {}
+            for r in range(ROUNDS):
+                for s, page in enumerate(pages):  # all sessions upload, then all wait: they run at once
+                    _replace_upload(page, mine[s][r - 1] if r else None, mine[s][r])
+                for s, page in enumerate(pages):
+                    text = _own_result_text(page, mine[s][r])
+                    others = [im.name for t, theirs in enumerate(mine) if t != s for im in theirs]
+                    assert not [n for n in others if n in text], f"session {s} sees another session's image"
+                    assert not [im.name for im in mine[s] if im != mine[s][r] and im.name in text], f"session {s} still shows an image it removed"
+                if r in (0, ROUNDS - 1):
+                    rss[(r + 1) * SESSIONS] = _rss_mb(proc.pid)
+        finally:
+            browser.close()
+    took = time.perf_counter() - t0
+    print(f"\nserver ready after {ready_s:.1f} s; RSS after {SESSIONS} uploads {rss[SESSIONS]:.0f} MB, after {SESSIONS * ROUNDS} uploads {rss[SESSIONS * ROUNDS]:.0f} MB; {took:.0f} s in all")
+    assert rss[SESSIONS * ROUNDS] - rss[SESSIONS] < RSS_GROWTH_MB, rss

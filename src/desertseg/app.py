@@ -1,9 +1,13 @@
-"""The desertseg dashboard, a Streamlit page: ``desertseg app [--checkpoint FILE]`` starts it.
+"""The desertseg dashboard, a Streamlit page: ``desertseg app [--checkpoint FILE] [--models-dir DIR]`` starts it.
 
 Upload photos (and optionally their 16-bit ground-truth masks) to see the segmentation, its
 confidence, class shares and, with ground truth, the same scores ``desertseg evaluate`` gives;
 upload a short video for an overlay video. All computing lives in :mod:`desertseg.app_logic`;
-this file only lays out the page. The model loads once per process (``st.cache_resource``).
+this file only lays out the page.
+
+Safe to share: models load once per process (``st.cache_resource``) and are shared, but
+uploads and their results live in each browser session's own ``st.session_state``, never in a
+process-wide cache; model files are loaded by name only from the ``--models-dir`` folder.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from desertseg.checkpoint import CheckpointError, default_model_path
 from desertseg.classes import CLASSES, colorize
 from desertseg.data import DataError
 
-BUNDLED, PATH, UPLOAD = "Bundled default model", "Model file path (.safetensors or .onnx)", "Upload a model file"
+BUNDLED, START, FOLDER, UPLOAD = "Bundled default model", "Model chosen at start (--checkpoint)", "Model file from the models folder", "Upload a model file"
 ERRORS = (DataError, CheckpointError, OSError, ValueError, RuntimeError, KeyError)
 
 
@@ -32,57 +36,93 @@ def load_predictor(path: str, mtime: float):
     return Predictor.from_checkpoint(path)
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def decode_image(data: bytes, name: str, max_pixels: int):
-    return logic.load_image(data, name, max_pixels)
+def session_store() -> dict:
+    """This browser session's decoded uploads and results (see :func:`app_logic.remember`)."""
+    return st.session_state.setdefault("results", {})
 
 
-@st.cache_data(max_entries=64, show_spinner="Segmenting ...")
-def segment(model_key: str, digest: str, _predictor, _image):
-    """Cached per model and image bytes, so moving a slider never re-runs the model."""
-    return logic.segment(_predictor, _image)
+def upload_cap_mb() -> int:
+    """The server's upload cap (``desertseg app --max-upload-mb``), as Streamlit enforces it."""
+    return int(st.get_option("server.maxUploadSize"))
+
+
+def segment(predictor, image, name: str):
+    """Run the model on one image, with a spinner (only when it really runs: results are kept)."""
+    with st.spinner(f"Segmenting {name} ..."):
+        return logic.segment(predictor, image)
+
+
+def folder_model(models_dir: Path):
+    """Sidebar: pick or type a model file inside the models folder. Returns ``(path, name)`` or ``None``."""
+    names = logic.list_model_files(models_dir)
+    picked = st.sidebar.selectbox("Model file", names, key="model_pick") if names else None
+    typed = st.sidebar.text_input("Or type its path inside the models folder", key="model_path", placeholder="run/best.safetensors or model.onnx").strip()
+    name = typed or picked
+    if not name:
+        st.info("The models folder holds no .safetensors or .onnx file yet; add one, or choose another model source in the sidebar.")
+        return None
+    try:
+        return logic.resolve_model_path(models_dir, name), name
+    except logic.ModelPathError as e:
+        st.error(str(e))
+        return None
+
+
+def uploaded_model():
+    """Sidebar: a model file uploaded by the user, stored under its content hash. Returns ``(path, name)`` or ``None``."""
+    up = st.sidebar.file_uploader("Model file", type=["safetensors", "onnx"], key="model_upload", help=f"Up to {upload_cap_mb()} MB.")
+    if up is None:
+        st.info(f"Upload a model file (.safetensors or .onnx, up to {upload_cap_mb()} MB) in the sidebar.")
+        return None
+    data = up.getvalue()
+    folder = Path(tempfile.gettempdir()) / "desertseg-app-models"
+    folder.mkdir(exist_ok=True)
+    path = folder / (hashlib.sha1(data).hexdigest()[:16] + Path(up.name).suffix.lower())
+    if not path.exists():
+        path.write_bytes(data)
+    return path, up.name
+
+
+def chosen_model(source: str, checkpoint: str, models_dir: Path | None):
+    """The model file of ``source`` as ``(path, name shown on the page)``, or ``None`` after a message."""
+    if source == FOLDER:
+        return folder_model(models_dir)
+    if source == UPLOAD:
+        return uploaded_model()
+    path = Path(checkpoint) if source == START else default_model_path()
+    if source == BUNDLED and not path.is_file():
+        st.error(
+            f"The bundled default model is not installed ({path} is missing). Start the dashboard with "
+            "`desertseg app --checkpoint FILE` or `--models-dir DIR`, or upload a model file in the sidebar."
+        )
+        return None
+    if not path.is_file():
+        st.error(f"Model file not found: {path.name}")
+        return None
+    return path, path.name
 
 
 def model_panel():
-    """Sidebar: choose a model, load it (cached) and show its card. Returns ``(predictor, key)``."""
+    """Sidebar: choose a model, load it (cached) and show its card. Returns ``(predictor, key)``.
+
+    Typed paths exist only with ``--models-dir``, and then reach only files inside that folder.
+    """
     st.sidebar.header("Model")
-    cli_checkpoint = os.environ.get(logic.CHECKPOINT_ENV, "")
-    source = st.sidebar.radio("Model source", [BUNDLED, PATH, UPLOAD], index=1 if cli_checkpoint else 0, key="model_source")
-    if source == PATH:
-        path = st.sidebar.text_input("Model file", value=cli_checkpoint, key="model_path", placeholder="runs/run/best.safetensors or model.onnx").strip()
-        if not path:
-            st.info("Type the path of a model file (.safetensors from `desertseg train`, or .onnx from `desertseg export`) in the sidebar.")
-            return None, None
-    elif source == UPLOAD:
-        up = st.sidebar.file_uploader("Model file", type=["safetensors", "onnx"], key="model_upload")
-        if up is None:
-            st.info("Upload a model file (.safetensors or .onnx) in the sidebar.")
-            return None, None
-        data = up.getvalue()
-        folder = Path(tempfile.gettempdir()) / "desertseg-app-models"
-        folder.mkdir(exist_ok=True)
-        path = str(folder / (hashlib.sha1(data).hexdigest()[:16] + Path(up.name).suffix.lower()))
-        if not Path(path).exists():
-            Path(path).write_bytes(data)
-    else:
-        path = str(default_model_path())
-        if not Path(path).is_file():
-            st.error(
-                f"The bundled default model is not installed ({path} is missing). Start the dashboard with "
-                "`desertseg app --checkpoint FILE`, or choose 'Model file path' in the sidebar and type the path of a trained model."
-            )
-            return None, None
-    p = Path(path).expanduser()
-    if not p.is_file():
-        st.error(f"Model file not found: {p}")
+    checkpoint = os.environ.get(logic.CHECKPOINT_ENV, "")
+    models_dir = logic.models_dir_setting()
+    sources = [BUNDLED] + [START] * bool(checkpoint) + [FOLDER] * bool(models_dir) + [UPLOAD]
+    source = st.sidebar.radio("Model source", sources, index=sources.index(START) if checkpoint else 0, key="model_source")
+    chosen = chosen_model(source, checkpoint, models_dir)
+    if chosen is None:
         return None, None
-    mtime = p.stat().st_mtime
+    p, name = Path(chosen[0]).resolve(), chosen[1]
     try:
-        predictor = load_predictor(str(p.resolve()), mtime)
-    except Exception as e:  # any failure to load is shown, never raised
-        st.error(f"Cannot load the model: {e}")
+        mtime = p.stat().st_mtime
+        predictor = load_predictor(str(p), mtime)
+    except Exception as e:  # any failure to load is shown, never raised; the server's paths are not
+        st.error(f"{name}: cannot load the model ({str(e).replace(str(p), name)})")
         return None, None
-    card = logic.model_card(predictor.metadata)
+    card = logic.model_card({**predictor.metadata, "path": name})
     st.sidebar.success(f"{card['model']} · input {card['input size (W x H)']} · {logic.device_name(predictor)}")
     with st.sidebar.expander("Model card"):
         st.json(card, expanded=1)
@@ -101,19 +141,27 @@ def display_panel():
     return opacity, visible, robot
 
 
-def read_uploads(files, gt_files):
-    """Decode uploads; bad files become messages. Returns ``[(name, bytes, image, target|None)]``."""
+def image_key(name: str, digest: str) -> tuple:
+    return ("image", name, digest, logic.app_max_pixels())
+
+
+def read_uploads(files, gt_files, store: dict):
+    """Decode uploads (once per session, kept in ``store``); bad files become messages.
+
+    Returns ``[(name, digest, image, target|None)]``.
+    """
     items = []
     for f in files:
         data = f.getvalue()
+        digest = hashlib.sha1(data).hexdigest()
         try:
-            image, notes = decode_image(data, f.name, logic.app_max_pixels())
+            image, notes = logic.remember(store, image_key(f.name, digest), logic.load_image, data, f.name)
         except DataError as e:
             st.error(str(e))
             continue
         for n in notes:
             st.warning(n)
-        items.append([f.name, data, image, None])
+        items.append([f.name, digest, image, None])
     gts = {g.name: g for g in gt_files}
     pairs, notes = logic.pair_masks([it[0] for it in items], list(gts))
     for n in notes:
@@ -184,18 +232,24 @@ def show_image(name, image, seg, target, opacity, visible, robot=False):
 
 
 def images_tab(predictor, model_key, opacity, visible, robot=False):
-    files = st.file_uploader("Images (PNG or JPG)", type=["png", "jpg", "jpeg"], accept_multiple_files=True, key="images")
+    cap = f"up to {upload_cap_mb()} MB and {logic.app_max_pixels():,} pixels each"
+    files = st.file_uploader("Images (PNG or JPG)", type=["png", "jpg", "jpeg"], accept_multiple_files=True, key="images", help=f"Photos {cap}.")
     gt_files = st.file_uploader("Ground-truth masks, optional (16-bit PNG of raw class ids, same file names as the images)", type=["png"], accept_multiple_files=True, key="masks")
+    store = session_store()
     if not files:
-        st.info(f"Upload one or more photos to segment them (up to {logic.app_max_pixels():,} pixels each).")
+        store.clear()  # nothing uploaded: nothing of this session's kept in memory
+        st.info(f"Upload one or more photos to segment them ({cap}).")
         return
-    items = read_uploads(files, gt_files or [])
+    items = read_uploads(files, gt_files or [], store)
     results = []
-    for name, data, image, target in items:
+    for name, digest, image, target in items:
         try:
-            results.append((name, image, segment(model_key, hashlib.sha1(data).hexdigest(), predictor, image), target))
+            seg = logic.remember(store, ("segmentation", model_key, digest), segment, predictor, image, name)
+            results.append((name, image, seg, target))
         except ERRORS as e:
             st.error(f"{name}: cannot segment ({e})")
+    # Keep only what the current uploads need, so a session's memory does not grow with each upload.
+    logic.forget_others(store, [image_key(name, digest) for name, digest, _, _ in items] + [("segmentation", model_key, digest) for _, digest, _, _ in items])
     if not results:
         return
     if len(results) > 1:
@@ -210,7 +264,7 @@ def images_tab(predictor, model_key, opacity, visible, robot=False):
 def video_tab(predictor, model_key, opacity):
     up = st.file_uploader("A short video (MP4, AVI, MOV, MKV or WebM)", type=["mp4", "avi", "mov", "mkv", "webm"], key="video")
     if up is None:
-        st.info(f"Upload a short video (up to {logic.app_max_frames():,} frames) to get an overlay video and per-frame class shares.")
+        st.info(f"Upload a short video (up to {upload_cap_mb()} MB and {logic.app_max_frames():,} frames) to get an overlay video and per-frame class shares.")
         return
     data = up.getvalue()
     key = f"{model_key}:{hashlib.sha1(data).hexdigest()}:{opacity}"
