@@ -458,10 +458,7 @@ def split(
         _fail(f"{', '.join(existing)} already exist; pass --overwrite to replace them")
     for name, samples in splits.items():
         write_split_file(paths[name], samples, data, name)
-        counts: dict[str, int] = {}
-        for s in samples:
-            counts[environment(s.name)] = counts.get(environment(s.name), 0) + 1
-        typer.echo(f"{name}: {len(samples)} pairs ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}) -> {paths[name]}")
+        typer.echo(f"{name}: {describe_split(samples)} -> {paths[name]}")
     typer.echo(f"Use: desertseg evaluate --data {data} --split {paths['val']}   |   desertseg train --data {data} --set train_split={paths['train']} --set val_split={paths['val']}")
     if problems:
         raise typer.Exit(1)
