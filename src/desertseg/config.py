@@ -49,6 +49,7 @@ class TrainConfig:
     accumulate: int = 1
     max_time: float | None = None  # minutes, for the whole run (a resumed run keeps counting)
     seed: int = 0
+    max_bad_share: float = 0.05  # damaged files met in training are skipped; past this share of a split the run stops
     train_split: str = "train"
     val_split: str = "val"
 

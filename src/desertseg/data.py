@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -27,6 +27,19 @@ class DataError(Exception):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+class DamagedSample(NamedTuple):
+    """Stands in for dataset item ``index`` whose file ``path`` could not be read (``problem``
+    says why), so that a DataLoader can pass it on to be reported instead of raising.
+
+    A NamedTuple, not a dataclass: Lightning moves batches to the device with
+    ``apply_to_collection``, which refuses frozen dataclasses and rebuilds named tuples.
+    """
+
+    index: int
+    path: str
+    problem: str
 
 
 def _open(path: Path) -> Image.Image:
@@ -69,7 +82,7 @@ def read_image(path: Path | str) -> np.ndarray:
         if img.mode != "RGB":
             img = img.convert("RGB")
         return np.asarray(img, dtype=np.uint8).copy()
-    except OSError as e:  # truncated or damaged data surfaces only when decoding
+    except (OSError, SyntaxError) as e:  # truncated or damaged data surfaces only when decoding; PIL reports broken chunks as SyntaxError
         raise DataError(path, f"image data is damaged or truncated ({e})") from None
 
 
@@ -92,7 +105,7 @@ def read_mask(path: Path | str) -> np.ndarray:
         )
     try:
         arr = np.asarray(img)
-    except OSError as e:
+    except (OSError, SyntaxError) as e:  # PIL reports broken chunks as SyntaxError
         raise DataError(path, f"mask data is damaged or truncated ({e})") from None
     if arr.ndim != 2 or arr.dtype.kind not in "iu":
         raise DataError(path, f"mask has unsupported layout (mode {mode}, shape {arr.shape}, dtype {arr.dtype})")

@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from .data import DamagedSample, DataError
 from .io import atomic_write
 
 
@@ -128,6 +129,44 @@ class SeededAugment(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed)
             return self.dataset[i]
+
+
+# Stand-ins tried for an unreadable training sample before its place in the batch stays empty.
+MAX_STAND_INS = 8
+
+
+class SkipDamaged(torch.utils.data.Dataset):
+    """Wraps a dataset so that a sample whose files cannot be read (:class:`DataError`) is
+    reported instead of ending the run: item ``i`` is ``(image, target, damaged)``, where
+    ``damaged`` holds a :class:`DamagedSample` for each unreadable sample passed over (usually none).
+
+    With ``stand_in`` (training) a readable sample takes the damaged one's place, so batches keep
+    their size: BatchNorm needs more than one sample per batch, and DDP processes must all run
+    the same optimiser steps. The stand-in is drawn from an RNG seeded by ``(i, attempt)``, so it
+    is the same whatever the worker or process count, and inside :class:`SeededAugment` it is
+    augmented with the damaged sample's seed. After ``MAX_STAND_INS`` unreadable draws, or
+    without ``stand_in`` (validation, where a stand-in would be scored twice), image and target
+    are None and the item is dropped from its batch.
+    """
+
+    def __init__(self, dataset, stand_in: bool):
+        self.dataset, self.stand_in = dataset, stand_in
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        damaged = []
+        index = int(i)
+        for attempt in range(1 + (MAX_STAND_INS if self.stand_in else 0)):
+            try:
+                image, target = self.dataset[index]
+                return image, target, tuple(damaged)
+            except DataError as e:
+                damaged.append(DamagedSample(index, str(e.path), e.problem))
+            # A local generator: the torch RNG that augmentation draws from stays untouched.
+            index = int(np.random.default_rng([int(i), attempt]).integers(len(self.dataset)))
+        return None, None, tuple(damaged)
 
 
 def rng_state() -> dict:

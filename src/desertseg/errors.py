@@ -16,3 +16,8 @@ class MissingExtra(RuntimeError):
 class UnknownName(KeyError):
     """A model, encoder or preset name that is not registered (a user's typo, not a bug: the
     CLI prints it as one line, unlike a plain ``KeyError``); the message lists the known names."""
+
+
+class TooManyDamagedFiles(RuntimeError):
+    """Training met more damaged image or mask files than ``max_bad_share`` of a split allows;
+    the message says how many, names a few, and where the last checkpoint is kept."""

@@ -36,6 +36,7 @@ from .classes import NUM_CLASSES
 from .config import TrainConfig
 from .data import SegmentationDataset
 from .engine import AtomicCheckpointIO, KeepingCSVLogger, ResumeState, TrainingDiverged, quiet_lightning, repeat_factors, resolve_workers
+from .errors import TooManyDamagedFiles
 from .lightning_module import SegmentationData, SegmentationModule
 from .losses import class_weights
 from .samples import find_samples
@@ -275,6 +276,10 @@ def train(
     last = out / "checkpoints" / "last.ckpt"
     try:
         trainer.fit(module, datamodule=SegmentationData(train_ds, val_ds, config, workers, repeat), ckpt_path=ckpt_path, weights_only=True)
+    except TooManyDamagedFiles as e:
+        # Raised after the epoch's checkpoint was written (SegmentationModule.on_fit_end).
+        kept = f"the last checkpoint is kept: {last} (epoch {_checkpoint_epoch(last)})" if last.exists() else "no checkpoint had been written yet"
+        raise TooManyDamagedFiles(f"{e}, then continue with --resume {out}. Training stopped; {kept}.") from None
     except FloatingPointError as e:
         kept = f"the last good checkpoint is kept: {last} (epoch {_checkpoint_epoch(last)})" if last.exists() else "no checkpoint had been written yet"
         raise TrainingDiverged(f"{e}; training stopped and {kept}. Lower the learning rate or use precision 32-true.") from None
