@@ -62,58 +62,6 @@ def test_training_without_validation_keeps_the_last_epoch(duality_root, tmp_path
     assert read_metadata(tmp_path / "run" / "last.safetensors")["config"]["val_split"] == "none"
 
 
-def test_ema_model_file_holds_the_averaged_weights(duality_root, tmp_path):
-    """ema_decay: the released model is the exponential moving average, the raw weights stay in
-    the checkpoint for --resume."""
-    import torch
-    from conftest import link_subset
-    from safetensors.torch import load_file
-
-    from desertseg.train import train
-
-    data = link_subset(duality_root, tmp_path / "data", {"train": 4})
-    config = load_config("default", {"pretrained": False, "size": "96x54", "epochs": 2, "batch_size": 2, "val_split": "none", "ema_decay": 0.5})
-    train(config, data, tmp_path / "run", accelerator="cpu", devices=1, progress=False)
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    released = load_file(tmp_path / "run" / "last.safetensors")
-    weights = [k for k in released if k.endswith(".weight")]
-    assert weights
-    averaged = {k: ckpt["state_dict"]["model." + k] for k in weights}
-    raw = {k: ckpt["current_model_state"]["model." + k] for k in weights}
-    assert all(torch.equal(released[k].float(), averaged[k].float()) for k in weights)
-    assert any(not torch.equal(averaged[k], raw[k]) for k in weights)  # an average, not the last step
-
-
-def test_repeat_factors_favour_images_holding_rare_classes(duality_root):
-    """On real masks: every factor >= 1, the images holding the rarest present class get the
-    largest factor, and the sampler draws them more often than a uniform shuffle would."""
-    import numpy as np
-    import torch
-
-    from desertseg.data import SegmentationDataset
-    from desertseg.engine import EpochShardSampler, repeat_factors
-    from desertseg.samples import find_samples
-    from desertseg.train import pixel_counts
-
-    samples, _ = find_samples(duality_root, "train")
-    counts = pixel_counts(SegmentationDataset(samples[:24], (54, 96)))
-    present = counts > 0
-    factors = repeat_factors(present, threshold=0.5)
-    share = present.mean(axis=0)
-    rarest = int(np.argmin(np.where(share > 0, share, np.inf)))
-    assert share[rarest] < 0.5 and (factors >= 1).all()
-    assert float(factors[present[:, rarest]].min()) == pytest.approx(float(factors.max()))
-    common_only = ~(present & (share < 0.5)).any(axis=1)
-    assert torch.all(factors[torch.from_numpy(common_only)] == 1.0)
-
-    sampler = EpochShardSampler(len(factors), seed=0, rank=0, world_size=1, epoch_fn=lambda: 0, repeat=factors)
-    drawn = [i % len(factors) for i in sampler]
-    assert len(drawn) == len(factors)
-    hits = np.bincount([i % len(factors) for e in range(200) for i in EpochShardSampler(len(factors), 0, 0, 1, lambda e=e: e, factors)], minlength=len(factors))
-    expected = factors.numpy() / factors.sum().item() * hits.sum()
-    assert np.allclose(hits, expected, rtol=0.25)
-
-
 def test_train_config_defaults_are_the_default_preset():
     from desertseg.config import TrainConfig
 

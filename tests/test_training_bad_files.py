@@ -161,3 +161,18 @@ def test_a_stand_in_takes_a_damaged_training_sample_s_place_and_validation_drops
     image, target, batch_damaged = collate_readable([val[1], val[2], val[3]])
     assert target.tolist() == [1, 3] and [d.index for d in batch_damaged] == [2]
     assert collate_readable([val[2]])[:2] == (None, None)
+
+
+def test_a_file_damaged_before_the_run_is_left_out_of_class_weights_and_skipped(duality_root, tmp_path, capsys):
+    """Class weighting reads every training mask before training starts: a damaged one there
+    is warned about, not fatal, and training then skips it like any other bad file."""
+    from desertseg.train import train
+
+    data = copy_subset(duality_root, tmp_path / "data", {"train": N_TRAIN, "val": N_VAL})
+    bad = pair(data, "train", 2, "Segmentation")
+    truncate(bad)
+    with pytest.warns(UserWarning, match=f"class weights leave out a damaged file: {bad}"):
+        result = train(tiny_config(max_bad_share=0.5, class_weighting="inverse_sqrt", epochs=1), data, tmp_path / "run", accelerator="cpu", devices=1, progress=False)
+    assert result["last"]["epoch"] == 0
+    assert f"skipped damaged file {bad}" in capsys.readouterr().out
+    assert [r["bad_files"] for r in read_metrics_csv(tmp_path / "run" / "metrics.csv") if "bad_files" in r] == [1]

@@ -74,13 +74,10 @@ class EpochShardSampler(torch.utils.data.Sampler):
     of a resumed epoch before it calls ``set_epoch``) and yields ``epoch * n + index`` so that
     :class:`SeededAugment` can seed each sample's augmentation. Every process gets
     ``ceil(n / world_size)`` samples (the permutation wraps around), as DDP needs equal step counts.
-    With ``repeat`` (see :func:`repeat_factors`) an epoch is ``n`` draws with replacement
-    weighted by it, so images holding rare classes come more often.
     """
 
-    def __init__(self, n: int, seed: int, rank: int, world_size: int, epoch_fn: Callable[[], int], repeat: torch.Tensor | None = None):
+    def __init__(self, n: int, seed: int, rank: int, world_size: int, epoch_fn: Callable[[], int]):
         self.n, self.seed, self.rank, self.world_size, self.epoch_fn = n, seed, rank, world_size, epoch_fn
-        self.repeat = repeat  # per-sample repeat factors: drawn with replacement in proportion to them
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.world_size)
@@ -89,26 +86,10 @@ class EpochShardSampler(torch.utils.data.Sampler):
         epoch = int(self.epoch_fn())
         g = torch.Generator()
         g.manual_seed(self.seed * 100_003 + epoch)
-        if self.repeat is None:
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = torch.multinomial(self.repeat.double(), self.n, replacement=True, generator=g).tolist()
+        order = torch.randperm(self.n, generator=g).tolist()
         total = len(self) * self.world_size
         order = (order * math.ceil(total / self.n))[:total]
         return iter([epoch * self.n + i for i in order[self.rank :: self.world_size]])
-
-
-def repeat_factors(present: np.ndarray, threshold: float) -> torch.Tensor:
-    """Repeat-factor sampling (Gupta et al., LVIS 2019): image ``i`` gets
-    ``max over its classes c of max(1, sqrt(threshold / f_c))``, ``f_c`` being the share of
-    images in which class ``c`` is present.
-
-    Shape:
-        present: ``(N, num_classes)`` booleans; returns ``(N,)`` factors >= 1.
-    """
-    share = present.mean(axis=0)
-    per_class = np.maximum(1.0, np.sqrt(threshold / np.maximum(share, 1e-12)))
-    return torch.from_numpy(np.where(present, per_class, 1.0).max(axis=1))
 
 
 class SeededAugment(torch.utils.data.Dataset):

@@ -233,12 +233,11 @@ class SegmentationModule(L.LightningModule):
 
 
 class SegmentationData(L.LightningDataModule):
-    """Loaders are built inside ``fit``, once the process's rank and world size are known;
-    ``repeat``: per-sample repeat factors of the training set (None: each sample once)."""
+    """Loaders are built inside ``fit``, once the process's rank and world size are known."""
 
-    def __init__(self, train_ds, val_ds, config: TrainConfig, workers: int, repeat: torch.Tensor | None = None):
+    def __init__(self, train_ds, val_ds, config: TrainConfig, workers: int):
         super().__init__()
-        self.train_ds, self.val_ds, self.config, self.workers, self.repeat = train_ds, val_ds, config, workers, repeat
+        self.train_ds, self.val_ds, self.config, self.workers = train_ds, val_ds, config, workers
 
     def _args(self) -> dict:
         cuda = self.trainer.strategy.root_device.type == "cuda"
@@ -247,7 +246,7 @@ class SegmentationData(L.LightningDataModule):
 
     def train_dataloader(self):
         t, c = self.trainer, self.config
-        sampler = EpochShardSampler(len(self.train_ds), c.seed, t.global_rank, t.world_size, lambda: t.current_epoch, self.repeat)
+        sampler = EpochShardSampler(len(self.train_ds), c.seed, t.global_rank, t.world_size, lambda: t.current_epoch)
         drop_last = len(sampler) > c.batch_size
         return torch.utils.data.DataLoader(SeededAugment(SkipDamaged(self.train_ds, stand_in=True), c.seed), batch_size=c.batch_size, sampler=sampler, drop_last=drop_last, **self._args())
 

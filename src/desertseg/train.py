@@ -34,8 +34,8 @@ import torch
 
 from .classes import NUM_CLASSES
 from .config import TrainConfig
-from .data import SegmentationDataset
-from .engine import AtomicCheckpointIO, KeepingCSVLogger, ResumeState, TrainingDiverged, quiet_lightning, repeat_factors, resolve_workers
+from .data import DataError, SegmentationDataset
+from .engine import AtomicCheckpointIO, KeepingCSVLogger, ResumeState, TrainingDiverged, quiet_lightning, resolve_workers
 from .errors import TooManyDamagedFiles
 from .lightning_module import SegmentationData, SegmentationModule
 from .losses import class_weights
@@ -46,25 +46,20 @@ MEMORY_CACHE_LIMIT = 2 * 2**30
 
 
 def pixel_counts(dataset: SegmentationDataset) -> np.ndarray:
-    """Labelled pixels per image and class, ``(N, num_classes)``, at the training size."""
-    counts = np.zeros((len(dataset), NUM_CLASSES), dtype=np.int64)
+    """Labelled pixels per class over ``dataset`` at the training size, for class weights.
+
+    A file that cannot be read is warned about and left out here; training meets it again,
+    skips it and counts it (see :mod:`desertseg.lightning_module`).
+    """
+    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
     for i in range(len(dataset)):
-        _, target = dataset.load(i)
-        counts[i] = np.bincount(target[target < NUM_CLASSES].ravel(), minlength=NUM_CLASSES)
+        try:
+            _, target = dataset.load(i)
+        except DataError as e:
+            warnings.warn(f"class weights leave out a damaged file: {e}", stacklevel=2)
+            continue
+        counts += np.bincount(target[target < NUM_CLASSES].ravel(), minlength=NUM_CLASSES)
     return counts
-
-
-def _class_statistics(config: TrainConfig, train_ds: SegmentationDataset) -> tuple[list[float] | None, torch.Tensor | None]:
-    """Loss class weights and sampling repeat factors, each only when the recipe asks for it."""
-    if config.class_weighting == "none" and not config.repeat_threshold:
-        return None, None
-    counts = pixel_counts(train_ds)
-    weights = class_weights(counts.sum(axis=0), config.class_weighting).tolist() if config.class_weighting != "none" else None
-    # A class counts as present from 0.1% of an image's labelled pixels: stray annotation
-    # specks would otherwise make every class look common.
-    present = counts >= 0.001 * counts.sum(axis=1, keepdims=True).clip(min=1)
-    repeat = repeat_factors(present, config.repeat_threshold) if config.repeat_threshold else None
-    return weights, repeat
 
 
 def check_run_dir(out: Path, resume: bool) -> None:
@@ -152,7 +147,7 @@ def _trainer(config: TrainConfig, out: Path, validate: bool, progress: bool, lim
     ``launch``: accelerator, devices, num_nodes, strategy.
     """
     import lightning as L
-    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_miou", mode="max", save_top_k=1) if validate else None
     callbacks = [
@@ -160,9 +155,6 @@ def _trainer(config: TrainConfig, out: Path, validate: bool, progress: bool, lim
         # Lightning 2.6's save_last only re-saves when a new best was saved; this one saves every epoch.
         ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
         ResumeState(),
-        # The average is what checkpoints hold as "state_dict" (so best/last files are the
-        # averaged model) and what validation scores; the raw weights resume training.
-        *([EMAWeightAveraging(decay=config.ema_decay)] if config.ema_decay else []),
     ]
     trainer = L.Trainer(
         max_epochs=config.epochs,
@@ -268,14 +260,14 @@ def train(
     trainer, best = _trainer(config, out, validate, progress, limit_train_batches, accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy)
     workers = resolve_workers(config.num_workers, trainer.num_devices)
     train_ds, val_ds = _datasets(config, data, validate, workers, lead)
-    weights, repeat = _class_statistics(config, train_ds)
+    weights = class_weights(pixel_counts(train_ds), config.class_weighting).tolist() if config.class_weighting != "none" else None
     module = SegmentationModule(asdict(config), weights)
 
     if lead and not resume:
         atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(asdict(config), indent=2)))
     last = out / "checkpoints" / "last.ckpt"
     try:
-        trainer.fit(module, datamodule=SegmentationData(train_ds, val_ds, config, workers, repeat), ckpt_path=ckpt_path, weights_only=True)
+        trainer.fit(module, datamodule=SegmentationData(train_ds, val_ds, config, workers), ckpt_path=ckpt_path, weights_only=True)
     except TooManyDamagedFiles as e:
         # Raised after the epoch's checkpoint was written (SegmentationModule.on_fit_end).
         kept = f"the last checkpoint is kept: {last} (epoch {_checkpoint_epoch(last)})" if last.exists() else "no checkpoint had been written yet"
