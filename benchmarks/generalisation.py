@@ -122,11 +122,7 @@ def summarize(folds: list[dict]) -> dict:
         summary["per_fold"][env] = {
             "miou_all": _spread([f["miou_all"] for f in mine]),
             "miou_present": _spread([f["miou_present"] for f in mine]),
-            "per_class_iou_mean": {
-                c: (round(statistics.fmean(vals), 4) if vals else None)
-                for c in classes
-                for vals in [[f["per_class_iou"][c] for f in mine if f["per_class_iou"][c] is not None]]
-            },
+            "per_class_iou_mean": {c: (round(statistics.fmean(vals), 4) if vals else None) for c in classes for vals in [[f["per_class_iou"][c] for f in mine if f["per_class_iou"][c] is not None]]},
         }
     return summary
 

@@ -136,8 +136,18 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "images_timed": len(timed),
         "image_size": [540, 960],
-        "seed": {"path": "DeepLabV3-ResNet50 256x256, PIL resize + ToTensor/Normalize, batch 1, nearest upsampling of the argmax", "checkpoint": str(args.seed_checkpoint) if args.seed_checkpoint else None, **s, "unseen": seed_miou},
-        "ours": {"path": f"{pred.metadata.get('model')} at {pred.input_size[1]}x{pred.input_size[0]}, backend {pred.backend}, bilinear logits to full resolution", "checkpoint": pred.metadata.get("path"), **o, "unseen": our_miou},
+        "seed": {
+            "path": "DeepLabV3-ResNet50 256x256, PIL resize + ToTensor/Normalize, batch 1, nearest upsampling of the argmax",
+            "checkpoint": str(args.seed_checkpoint) if args.seed_checkpoint else None,
+            **s,
+            "unseen": seed_miou,
+        },
+        "ours": {
+            "path": f"{pred.metadata.get('model')} at {pred.input_size[1]}x{pred.input_size[0]}, backend {pred.backend}, bilinear logits to full resolution",
+            "checkpoint": pred.metadata.get("path"),
+            **o,
+            "unseen": our_miou,
+        },
         "speedup_p50": speedup,
         "targets": {
             "ours_p50_le_50ms": o["p50_ms"] <= 50,

@@ -68,7 +68,10 @@ def tiny_run(duality_root, tmp_path_factory) -> Path:
         return
     data = link_subset(duality_root, tmp_path_factory.mktemp("tiny_data"), {"train": 4, "val": 2})
     out = Path(cached) if cached and not os.environ.get("CI") else tmp_path_factory.mktemp("tiny_run") / "run"
-    config = load_config("default", {"model": "unet_mobilenet_v2", "pretrained": False, "size": "128x72", "epochs": 4, "batch_size": 2, "lr": 3e-3, "augment": {}, "loss": "ce", "class_weighting": "none", "scheduler": "none"})
+    config = load_config(
+        "default",
+        {"model": "unet_mobilenet_v2", "pretrained": False, "size": "128x72", "epochs": 4, "batch_size": 2, "lr": 3e-3, "augment": {}, "loss": "ce", "class_weighting": "none", "scheduler": "none"},
+    )
     train(config, data, out, accelerator="cpu", devices=1, progress=False)
     assert (out / "best.safetensors").exists()
     yield out

@@ -27,7 +27,7 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    state, ppid, _pgrp, session = text[text.rindex(")") + 2:].split()[:4]  # the name may hold spaces
+    state, ppid, _pgrp, session = text[text.rindex(")") + 2 :].split()[:4]  # the name may hold spaces
     return None if state in "ZX" else (state, int(ppid), int(session))
 
 
@@ -65,8 +65,7 @@ def test_app_stops_on_signal_and_frees_the_port(sig, tiny_run, tmp_path):
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
         # Its own session, so that anything it starts can be found (and cleaned up) afterwards.
-        proc = subprocess.Popen([*_desertseg(), "app", "--checkpoint", str(tiny_run / "best.safetensors"), "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([*_desertseg(), "app", "--checkpoint", str(tiny_run / "best.safetensors"), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_healthy(proc, f"http://127.0.0.1:{port}", log_path, START_S)
             children = _descendants(proc.pid)

@@ -329,16 +329,67 @@ class FolderCase:
 
 
 FOLDER_CASES = [
-    FolderCase("image without a mask", lambda t, r: _split(t, r, ["a.png", "b.png"], ["a.png"]), "pairs 1", ("b.png: image without a mask",), (("error", "orphan_image"),), "pair skipped, reported; check-data error"),
-    FolderCase("mask without an image", lambda t, r: _split(t, r, ["a.png"], ["a.png", "z.png"]), "pairs 1", ("z.png: mask without an image",), (("error", "orphan_mask"),), "reported; check-data error"),
-    FolderCase("names differing in case (image Foo, mask foo)", lambda t, r: _split(t, r, ["a.png", "Foo.png"], ["a.png", "foo.png"]), "pairs 1", ("Foo.png: image without a mask", "foo.png: mask without an image"), (("error", "orphan_image"), ("error", "orphan_mask")), "not paired (case-sensitive, as on Linux); check-data says they differ only in case"),
-    FolderCase("two images differing only in case (A, a)", lambda t, r: _split(t, r, ["A.png", "a.png"], ["A.png", "a.png"]), "pairs 2", (), (("warning", "case_collision"),), "both pairs used; check-data warns they collide on Windows/macOS"),
-    FolderCase("same name, two formats (x.png, x.jpg)", lambda t, r: _split(t, r, ["x.jpg", "x.png"], ["x.png"]), "pairs 1", ("x.png: same name as x.jpg; skipped",), (("error", "duplicate_name"),), "first (sorted) kept, other reported, never swapped silently"),
+    FolderCase(
+        "image without a mask",
+        lambda t, r: _split(t, r, ["a.png", "b.png"], ["a.png"]),
+        "pairs 1",
+        ("b.png: image without a mask",),
+        (("error", "orphan_image"),),
+        "pair skipped, reported; check-data error",
+    ),
+    FolderCase(
+        "mask without an image", lambda t, r: _split(t, r, ["a.png"], ["a.png", "z.png"]), "pairs 1", ("z.png: mask without an image",), (("error", "orphan_mask"),), "reported; check-data error"
+    ),
+    FolderCase(
+        "names differing in case (image Foo, mask foo)",
+        lambda t, r: _split(t, r, ["a.png", "Foo.png"], ["a.png", "foo.png"]),
+        "pairs 1",
+        ("Foo.png: image without a mask", "foo.png: mask without an image"),
+        (("error", "orphan_image"), ("error", "orphan_mask")),
+        "not paired (case-sensitive, as on Linux); check-data says they differ only in case",
+    ),
+    FolderCase(
+        "two images differing only in case (A, a)",
+        lambda t, r: _split(t, r, ["A.png", "a.png"], ["A.png", "a.png"]),
+        "pairs 2",
+        (),
+        (("warning", "case_collision"),),
+        "both pairs used; check-data warns they collide on Windows/macOS",
+    ),
+    FolderCase(
+        "same name, two formats (x.png, x.jpg)",
+        lambda t, r: _split(t, r, ["x.jpg", "x.png"], ["x.png"]),
+        "pairs 1",
+        ("x.png: same name as x.jpg; skipped",),
+        (("error", "duplicate_name"),),
+        "first (sorted) kept, other reported, never swapped silently",
+    ),
     FolderCase("non-ASCII names", lambda t, r: _split(t, r, ["désert_ü.png", "日本.png"], ["désert_ü.png", "日本.png"]), "pairs 2", (), (), "read normally; check-data clean"),
-    FolderCase("symlink loops in the image folder", lambda t, r: _split(t, r, ["a.png"], ["a.png"], _loops), "pairs 1", ("loop.png: image without a mask",), (("error", "broken_link"), ("warning", "non_image")), "no hang; loop reported; folder link ignored"),
+    FolderCase(
+        "symlink loops in the image folder",
+        lambda t, r: _split(t, r, ["a.png"], ["a.png"], _loops),
+        "pairs 1",
+        ("loop.png: image without a mask",),
+        (("error", "broken_link"), ("warning", "non_image")),
+        "no hang; loop reported; folder link ignored",
+    ),
     FolderCase("empty folders", lambda t, r: _split(t, r), "error:no image/mask pairs found", (), (("error", "no_pairs"),), "DataError naming the folder; check-data error"),
-    FolderCase("folder of only non-images", lambda t, r: _split(t, r, extra=_only_non_images), "error:no image/mask pairs found", (), (("error", "no_pairs"), ("warning", "non_image")), "DataError; check-data lists each non-image"),
-    FolderCase("mask folder missing", lambda t, r: _split(t, r, ["a.png"], extra=_no_mask_dir), "error:mask folder not found", (), (("error", "no_masks"), ("error", "orphan_image")), "DataError naming Segmentation/; check-data error"),
+    FolderCase(
+        "folder of only non-images",
+        lambda t, r: _split(t, r, extra=_only_non_images),
+        "error:no image/mask pairs found",
+        (),
+        (("error", "no_pairs"), ("warning", "non_image")),
+        "DataError; check-data lists each non-image",
+    ),
+    FolderCase(
+        "mask folder missing",
+        lambda t, r: _split(t, r, ["a.png"], extra=_no_mask_dir),
+        "error:mask folder not found",
+        (),
+        (("error", "no_masks"), ("error", "orphan_image")),
+        "DataError naming Segmentation/; check-data error",
+    ),
 ]
 
 

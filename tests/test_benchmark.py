@@ -19,7 +19,25 @@ def run(*args):
 def test_benchmark_on_two_images_emits_json_with_every_field(tiny_run, unseen_dir, tmp_path):
     files = sorted((unseen_dir / "Color_Images").iterdir())[:2]
     out = tmp_path / "bench.json"
-    r = run("benchmark", "--checkpoint", str(tiny_run / "best.safetensors"), "--backend", "torch", "--batch", "1,2", "--images", "2", "--threads", "1", "--data", str(files[0]), "--data", str(files[1]), "--json", str(out))
+    r = run(
+        "benchmark",
+        "--checkpoint",
+        str(tiny_run / "best.safetensors"),
+        "--backend",
+        "torch",
+        "--batch",
+        "1,2",
+        "--images",
+        "2",
+        "--threads",
+        "1",
+        "--data",
+        str(files[0]),
+        "--data",
+        str(files[1]),
+        "--json",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     assert "| backend | batch |" in r.stdout and "p50" in r.stdout
     report = json.loads(out.read_text())

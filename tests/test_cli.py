@@ -94,10 +94,23 @@ def test_debug_shows_the_traceback(how, tmp_path):
     assert r.returncode == 2 and "Traceback" in r.stderr and r.stderr.splitlines()[-1].startswith("error:")
 
 
-@pytest.mark.parametrize("error, expected", [
-    (DataError("x.png", "cannot read"), True), (FileNotFoundError("x"), True), (PermissionError("x"), True), (OSError(28, "No space left on device"), True),
-    (ValueError("unknown loss 'x'"), True), (UnknownName("unknown model 'x'"), True), (MissingExtra("video needs OpenCV"), True), (PretrainedUnavailable("offline"), True),
-    (KeyError("input_size"), False), (RuntimeError("shape mismatch"), False), (TypeError("x"), False), (AttributeError("x"), False), (ZeroDivisionError(), False),
-])
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (DataError("x.png", "cannot read"), True),
+        (FileNotFoundError("x"), True),
+        (PermissionError("x"), True),
+        (OSError(28, "No space left on device"), True),
+        (ValueError("unknown loss 'x'"), True),
+        (UnknownName("unknown model 'x'"), True),
+        (MissingExtra("video needs OpenCV"), True),
+        (PretrainedUnavailable("offline"), True),
+        (KeyError("input_size"), False),
+        (RuntimeError("shape mismatch"), False),
+        (TypeError("x"), False),
+        (AttributeError("x"), False),
+        (ZeroDivisionError(), False),
+    ],
+)
 def test_which_errors_count_as_user_mistakes(error, expected):
     assert _expected(error) is expected

@@ -38,7 +38,13 @@ def exported(tiny_run, unseen_dir, tmp_path_factory):
     model = folder / "tiny.safetensors"
     model.symlink_to(tiny_run / "best.safetensors")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "desertseg.cli", "export", "--checkpoint", str(model), "--format", "onnx", "--out", str(folder / "tiny.onnx"), "--check-images", str(unseen_dir / "Color_Images")], capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "desertseg.cli", "export", "--checkpoint", str(model), "--format", "onnx", "--out", str(folder / "tiny.onnx"), "--check-images", str(unseen_dir / "Color_Images")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     return folder / "tiny.onnx", r.stdout
 

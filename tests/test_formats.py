@@ -121,10 +121,7 @@ def test_toml_format_file_adds_a_dataset_without_code(ycor_dir, tmp_path):
         (seq / "cam" / f"frame{s.name}.jpg").symlink_to(s.image)
         ids = ycor.read_labels(s.mask) * 3 + 1  # ids 1, 4, ..., 25
         Image.fromarray(ids.astype(np.uint8), "L").save(seq / "cam_label_id" / f"frame{s.name}_id.png")
-    entries = "\n".join(
-        f'[[classes]]\nid = {3 * i + 1}\nname = "{name}"\ngroup = "{g or "ignore"}"\nwhy = "test"\n'
-        for i, (name, g) in enumerate((r["name"], r["group"]) for r in ycor.table)
-    )
+    entries = "\n".join(f'[[classes]]\nid = {3 * i + 1}\nname = "{name}"\ngroup = "{g or "ignore"}"\nwhy = "test"\n' for i, (name, g) in enumerate((r["name"], r["group"]) for r in ycor.table))
     spec = tmp_path / "mine.toml"
     spec.write_text(f'name = "mine"\nimages = "**/cam/*.jpg"\nmasks = "**/cam_label_id/*.png"\nmask_suffix = "_id"\nencoding = "id"\n\n{entries}')
     fmt = get_format(str(spec))

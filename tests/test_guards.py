@@ -28,8 +28,7 @@ from desertseg.losses import SegmentationLoss
 from desertseg.report import read_metrics_csv
 from desertseg.train import train
 
-TINY = {"model": "unet_mobilenet_v2", "pretrained": False, "size": "64x36", "batch_size": 2, "lr": 3e-3, "augment": {},
-        "loss": "ce", "class_weighting": "none", "scheduler": "none", "num_workers": 0}
+TINY = {"model": "unet_mobilenet_v2", "pretrained": False, "size": "64x36", "batch_size": 2, "lr": 3e-3, "augment": {}, "loss": "ce", "class_weighting": "none", "scheduler": "none", "num_workers": 0}
 
 
 @pytest.fixture
@@ -66,9 +65,33 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(tin
 
 
 def test_diverging_learning_rate_is_one_clear_error_line(tiny_data, tmp_path):
-    proc = _cli("train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), "--preset", "seed", "--model", "unet_mobilenet_v2",
-                "--set", "pretrained=false", "--size", "64x36", "--epochs", "2", "--batch-size", "1", "--workers", "0",
-                "--lr", "1e30", "--accelerator", "cpu", "--devices", "1")
+    proc = _cli(
+        "train",
+        "--data",
+        str(tiny_data),
+        "--out",
+        str(tmp_path / "run"),
+        "--preset",
+        "seed",
+        "--model",
+        "unet_mobilenet_v2",
+        "--set",
+        "pretrained=false",
+        "--size",
+        "64x36",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "1",
+        "--workers",
+        "0",
+        "--lr",
+        "1e30",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "1",
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert re.search(r"^error: training loss became (nan|inf|-inf) at epoch \d+, step \d+ ", proc.stderr, re.M), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
@@ -114,9 +137,33 @@ def test_read_only_run_folder_fails_before_training(tiny_data, tmp_path):
 
 def test_accumulate_flag_halves_the_optimizer_steps(tiny_data, tmp_path):
     out = tmp_path / "run"
-    proc = _cli("train", "--data", str(tiny_data), "--out", str(out), "--preset", "seed", "--model", "unet_mobilenet_v2",
-                "--set", "pretrained=false", "--size", "64x36", "--epochs", "2", "--batch-size", "1", "--workers", "0",
-                "--accumulate", "2", "--accelerator", "cpu", "--devices", "1")
+    proc = _cli(
+        "train",
+        "--data",
+        str(tiny_data),
+        "--out",
+        str(out),
+        "--preset",
+        "seed",
+        "--model",
+        "unet_mobilenet_v2",
+        "--set",
+        "pretrained=false",
+        "--size",
+        "64x36",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "1",
+        "--workers",
+        "0",
+        "--accumulate",
+        "2",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     # 2 images at batch 1 = 2 batches per epoch; accumulating 2 makes one optimiser step per epoch.

@@ -76,11 +76,18 @@ def test_split_file_round_trip_is_relative_and_survives_moving_the_data(duality_
 def test_split_file_problems_are_reported_not_fatal(duality_root, tmp_path):
     good = sorted((duality_root / "val" / "Color_Images").iterdir())[0].name
     path = tmp_path / "s.json"
-    path.write_text(json.dumps({"format": "desertseg-split/1", "samples": [
-        {"image": f"val/Color_Images/{good}", "mask": f"val/Segmentation/{good}"},
-        {"image": f"val/Color_Images/{good}", "mask": f"val/Segmentation/{good}"},
-        {"image": "val/Color_Images/gone.png", "mask": "val/Segmentation/gone.png"},
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "format": "desertseg-split/1",
+                "samples": [
+                    {"image": f"val/Color_Images/{good}", "mask": f"val/Segmentation/{good}"},
+                    {"image": f"val/Color_Images/{good}", "mask": f"val/Segmentation/{good}"},
+                    {"image": "val/Color_Images/gone.png", "mask": "val/Segmentation/gone.png"},
+                ],
+            }
+        )
+    )
     samples, problems = read_split_file(path, duality_root)
     assert len(samples) == 1
     assert any("listed twice" in p for p in problems) and any("gone.png" in p and "not found" in p for p in problems)
@@ -109,7 +116,21 @@ def test_cli_split_then_evaluate_with_the_split_file(duality_root, tiny_run, tmp
     assert "val: 38 pairs (mt1 38)" in r.stdout and "train: 86 pairs" in r.stdout
     r2 = cli("split", str(duality_root), "--val-envs", "mt1", "--out", str(out))
     assert r2.returncode == 2 and "--overwrite" in r2.stderr
-    r = cli("evaluate", "--data", str(duality_root), "--split", str(out / "split_val.json"), "--checkpoint", str(tiny_run / "best.safetensors"), "--limit", "2", "--device", "cpu", "--out", str(tmp_path / "ev"))
+    r = cli(
+        "evaluate",
+        "--data",
+        str(duality_root),
+        "--split",
+        str(out / "split_val.json"),
+        "--checkpoint",
+        str(tiny_run / "best.safetensors"),
+        "--limit",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "ev"),
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["images"] == 2
 

@@ -10,8 +10,7 @@ from desertseg.report import read_metrics_csv
 
 def test_seed_preset_is_the_published_recipe():
     c = load_config("seed")
-    assert (c.model, c.size, c.loss, c.optimizer, c.lr, c.scheduler, c.step_size, c.gamma, c.batch_size, c.epochs) == (
-        "deeplabv3_resnet50", "256x256", "ce", "adam", 2e-4, "step", 20, 0.1, 8, 40)
+    assert (c.model, c.size, c.loss, c.optimizer, c.lr, c.scheduler, c.step_size, c.gamma, c.batch_size, c.epochs) == ("deeplabv3_resnet50", "256x256", "ce", "adam", 2e-4, "step", 20, 0.1, 8, 40)
     assert c.augment == {}
 
 

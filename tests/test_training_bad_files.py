@@ -56,8 +56,7 @@ def damage_after_epoch(monkeypatch, epoch: int, files: list[Path]) -> None:
 
 
 def tiny_config(**overrides):
-    base = {"pretrained": False, "size": "96x54", "epochs": EPOCHS, "batch_size": 2, "num_workers": 0, "cache": False,
-            "augment": {}, "loss": "ce", "class_weighting": "none", "scheduler": "none"}
+    base = {"pretrained": False, "size": "96x54", "epochs": EPOCHS, "batch_size": 2, "num_workers": 0, "cache": False, "augment": {}, "loss": "ce", "class_weighting": "none", "scheduler": "none"}
     return load_config("default", {**base, **overrides})
 
 
@@ -121,10 +120,36 @@ def test_two_process_ddp_run_counts_a_damaged_file_once_and_goes_on(duality_root
     truncate(bad)  # damaged from the start: the seed preset reads no file before training
     out = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "desertseg.cli", "train", "--data", str(data), "--out", str(out),
-        "--preset", "seed", "--model", "unet_mobilenet_v2", "--set", "pretrained=false", "--set", "max_bad_share=0.5",
-        "--size", "64x36", "--epochs", "2", "--batch-size", "1", "--workers", "0",
-        "--strategy", "ddp", "--devices", "2", "--accelerator", "cpu",
+        sys.executable,
+        "-m",
+        "desertseg.cli",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--preset",
+        "seed",
+        "--model",
+        "unet_mobilenet_v2",
+        "--set",
+        "pretrained=false",
+        "--set",
+        "max_bad_share=0.5",
+        "--size",
+        "64x36",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "1",
+        "--workers",
+        "0",
+        "--strategy",
+        "ddp",
+        "--devices",
+        "2",
+        "--accelerator",
+        "cpu",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

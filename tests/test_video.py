@@ -87,8 +87,12 @@ def test_truncated_video_keeps_what_decodes_and_fails_predict(tiny_run, duality_
     decodable = len(read_frames(cut))  # what OpenCV itself gets from the cut file
     assert 0 < decodable < 12 - FRAME_COUNT_SLACK
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "desertseg.cli", "predict", str(cut), "--out", str(out), "--checkpoint", str(tiny_run / "best.safetensors"), "--device", "cpu"],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "desertseg.cli", "predict", str(cut), "--out", str(out), "--checkpoint", str(tiny_run / "best.safetensors"), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 1, r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(cut) in errors[0] and f"only {decodable} of the 12 frames" in errors[0], r.stderr

@@ -92,8 +92,7 @@ def chosen_model(source: str, checkpoint: str, models_dir: Path | None):
     path = Path(checkpoint) if source == START else default_model_path()
     if source == BUNDLED and not path.is_file():
         st.error(
-            f"The bundled default model is not installed ({path} is missing). Start the dashboard with "
-            "`desertseg app --checkpoint FILE` or `--models-dir DIR`, or upload a model file in the sidebar."
+            f"The bundled default model is not installed ({path} is missing). Start the dashboard with `desertseg app --checkpoint FILE` or `--models-dir DIR`, or upload a model file in the sidebar."
         )
         return None
     if not path.is_file():
@@ -137,7 +136,9 @@ def display_panel():
     opacity = st.sidebar.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="opacity")
     st.sidebar.image(legend_image(), caption="Class colours (raw id in the masks)")
     visible = [c.index for c in CLASSES if st.sidebar.checkbox(f"Show {c.name}", value=True, key=f"show_{c.index}")]
-    robot = st.sidebar.checkbox("Coarse groups and traversability cost", value=False, key="robot_view", help="What a robot cares about: sky, vegetation, traversable ground, obstacles, and a cost per pixel.")
+    robot = st.sidebar.checkbox(
+        "Coarse groups and traversability cost", value=False, key="robot_view", help="What a robot cares about: sky, vegetation, traversable ground, obstacles, and a cost per pixel."
+    )
     return opacity, visible, robot
 
 
@@ -253,7 +254,15 @@ def images_tab(predictor, model_key, opacity, visible, robot=False):
     if not results:
         return
     if len(results) > 1:
-        rows = [{"image": n, "size": f"{im.shape[1]}x{im.shape[0]}", "inference ms": f"{sg.seconds * 1000:.0f}", "mIoU (present)": f"{logic.score(sg.mask, t)['miou_present']:.4f}" if t is not None else "-"} for n, im, sg, t in results]
+        rows = [
+            {
+                "image": n,
+                "size": f"{im.shape[1]}x{im.shape[0]}",
+                "inference ms": f"{sg.seconds * 1000:.0f}",
+                "mIoU (present)": f"{logic.score(sg.mask, t)['miou_present']:.4f}" if t is not None else "-",
+            }
+            for n, im, sg, t in results
+        ]
         st.table(rows, hide_index=True)
         choice = st.selectbox("Image to inspect", [r[0] for r in results], key="inspect")
         results = [r for r in results if r[0] == choice]
@@ -278,8 +287,12 @@ def video_tab(predictor, model_key, opacity):
             with tempfile.TemporaryDirectory(prefix="desertseg-video-") as tmp:
                 r = logic.video_overlay(predictor, data, up.name, Path(tmp), opacity, progress)
                 st.session_state["video_result"] = {
-                    "key": key, "frames": r["frames"], "fps": r["fps"], "seconds": r["seconds"],
-                    "mp4": r["mp4"].read_bytes(), "csv": r["csv"].read_bytes(),
+                    "key": key,
+                    "frames": r["frames"],
+                    "fps": r["fps"],
+                    "seconds": r["seconds"],
+                    "mp4": r["mp4"].read_bytes(),
+                    "csv": r["csv"].read_bytes(),
                     "webm": r["webm"].read_bytes() if r["webm"] else None,
                 }
         except ERRORS as e:

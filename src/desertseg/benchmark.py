@@ -114,7 +114,18 @@ def run_config(predictor, paths: Sequence[Path], batch: int, batches: int) -> di
     }
 
 
-def run_benchmark(checkpoint: Path | str | None, paths: Sequence[Path], backends: Sequence[str] = ("auto",), batch_sizes: Sequence[int] = (1,), size: tuple[int, int] | None = None, images: int = 8, threads: int | None = None, device: str | None = None, bf16: bool = False, compile: bool = False) -> dict:
+def run_benchmark(
+    checkpoint: Path | str | None,
+    paths: Sequence[Path],
+    backends: Sequence[str] = ("auto",),
+    batch_sizes: Sequence[int] = (1,),
+    size: tuple[int, int] | None = None,
+    images: int = 8,
+    threads: int | None = None,
+    device: str | None = None,
+    bf16: bool = False,
+    compile: bool = False,
+) -> dict:
     """Benchmark each backend x batch size on ``paths``; ``images`` timed images per configuration
     (rounded up to whole batches). ``size`` = (H, W) overrides the model's input size."""
     from .checkpoint import default_model_path

@@ -279,10 +279,7 @@ def check_data(root: Path | str, full_decode: bool = False, workers: int | None 
         "ok": not errors,
         "pairs": sum(s["pairs"] for s in splits),
         "splits": splits,
-        "classes": [
-            {"class": c.name, "raw_id": c.raw_id, "share": float(total_counts[c.raw_id]) / known_total if known_total else 0.0, "images": class_images[c.name]}
-            for c in CLASSES
-        ],
+        "classes": [{"class": c.name, "raw_id": c.raw_id, "share": float(total_counts[c.raw_id]) / known_total if known_total else 0.0, "images": class_images[c.name]} for c in CLASSES],
         "errors": len(errors),
         "warnings": len(add) - len(errors),
         "problems": list(add),

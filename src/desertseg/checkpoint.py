@@ -30,7 +30,9 @@ class CheckpointError(Exception):
         super().__init__(f"{path}: {problem}")
 
 
-def make_metadata(model_name: str, input_size: tuple[int, int], config: dict | None = None, metrics: dict | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None, **extra) -> dict:
+def make_metadata(
+    model_name: str, input_size: tuple[int, int], config: dict | None = None, metrics: dict | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None, **extra
+) -> dict:
     """``mean``/``std``: the input normalisation the model was trained with (default ImageNet's,
     which training applies, see :func:`desertseg.transforms.normalize`)."""
     from .transforms import MEAN, STD

@@ -71,8 +71,20 @@ def train(
     from .train import train as run_train
 
     num_workers = None if workers is None else int(workers) if workers.isdigit() else workers
-    overrides = merge_overrides(set_, model=model, epochs=epochs, batch_size=batch_size, lr=lr, size=size, max_time=max_time, precision=precision, seed=seed,
-                                accumulate=accumulate, num_workers=num_workers, cache_dir=str(cache_dir) if cache_dir is not None else None)
+    overrides = merge_overrides(
+        set_,
+        model=model,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        size=size,
+        max_time=max_time,
+        precision=precision,
+        seed=seed,
+        accumulate=accumulate,
+        num_workers=num_workers,
+        cache_dir=str(cache_dir) if cache_dir is not None else None,
+    )
     if resume is not None and overrides:
         typer.echo(f"note: --resume continues with {resume / 'config.json'}; ignoring {', '.join(sorted(overrides))}", err=True)
     config = load_config(preset, overrides)
@@ -97,7 +109,10 @@ def evaluate(
     sliding_window: bool = typer.Option(False, help="Predict at full resolution in overlapping windows."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N images."),
-    backend: str = typer.Option("auto", help="Inference backend: auto (onnxruntime for an .onnx file, PyTorch for a .safetensors file: the faster one on CPU here), torch or onnx (reuses an export of the same file lying beside it)."),
+    backend: str = typer.Option(
+        "auto",
+        help="Inference backend: auto (onnxruntime for an .onnx file, PyTorch for a .safetensors file: the faster one on CPU here), torch or onnx (reuses an export of the same file lying beside it).",
+    ),
     report: Optional[Path] = typer.Option(None, help="Folder for a self-contained HTML report (report.html) and its PNG figures."),
     run: Optional[Path] = typer.Option(None, help="Training run folder whose curves are added to the report (needs --report)."),
     dataset: str = typer.Option("duality", help="Format of --data: duality (desert masks, 10 classes), ycor (real photos, scored in coarse groups) or a .toml format file (see desertseg.formats)."),
@@ -193,10 +208,15 @@ def predict(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
     overwrite: bool = typer.Option(False, help="Write into an output folder that already holds files, replacing files of the same name."),
     coarse: bool = typer.Option(False, help="Also write the coarse-group view (sky, tall and low vegetation, traversable ground, obstacle)."),
-    backend: str = typer.Option("auto", help="Inference backend: auto (onnxruntime for an .onnx file, PyTorch for a .safetensors file: the faster one on CPU here), torch or onnx (reuses an export of the same file lying beside it)."),
+    backend: str = typer.Option(
+        "auto",
+        help="Inference backend: auto (onnxruntime for an .onnx file, PyTorch for a .safetensors file: the faster one on CPU here), torch or onnx (reuses an export of the same file lying beside it).",
+    ),
     cost_map: bool = typer.Option(False, help="Also write an 8-bit traversability cost map per image (0 free ... 254 lethal, 255 unknown; costs per class in desertseg.coarse)."),
     recursive: bool = typer.Option(False, help="Search folders recursively; outputs keep the sub-folders (index/day1/a.png, index/day2/a.png)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run into the same --out: skip images whose requested outputs all exist, remove temporary files the interruption left (videos are segmented again)."),
+    resume: bool = typer.Option(
+        False, help="Continue an interrupted run into the same --out: skip images whose requested outputs all exist, remove temporary files the interruption left (videos are segmented again)."
+    ),
 ) -> None:
     """Segment images and videos: class-index, raw-id, colour, overlay and confidence masks at each image's own size, overlay videos with per-frame class shares."""
     from .outputs import check_out_dir, predict_paths
@@ -204,7 +224,9 @@ def predict(
     check_out_dir(out, overwrite or resume)
     predictor = _predictor(checkpoint, device, flip, scales, sliding_window, backend)
     typer.echo(f"Model: {predictor.name} on {predictor.device}", err=True)
-    summary = predict_paths(predictor, inputs, out, opacity=opacity, confidence=confidence, batch_size=batch_size, overwrite=overwrite, coarse=coarse, cost=cost_map, recursive=recursive, resume=resume)
+    summary = predict_paths(
+        predictor, inputs, out, opacity=opacity, confidence=confidence, batch_size=batch_size, overwrite=overwrite, coarse=coarse, cost=cost_map, recursive=recursive, resume=resume
+    )
     typer.echo(f"Wrote outputs of {summary.written} images and {summary.videos} videos to {out}")
     if resume:
         typer.echo(f"Skipped {summary.skipped} images whose outputs already existed")
@@ -306,7 +328,9 @@ def serve_app(
     checkpoint: Optional[Path] = typer.Option(None, help="Model file (.safetensors or .onnx); the bundled default model when omitted."),
     port: int = typer.Option(8501, min=1, max=65535, help="Port of the dashboard."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps the dashboard private to this machine, 0.0.0.0 shares it on the network."),
-    models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="Folder of model files (.safetensors, .onnx) the page may list and load by name; without it, no typed model paths are accepted."),
+    models_dir: Optional[Path] = typer.Option(
+        None, "--models-dir", help="Folder of model files (.safetensors, .onnx) the page may list and load by name; without it, no typed model paths are accepted."
+    ),
     max_upload_mb: int = typer.Option(50, "--max-upload-mb", min=1, max=10_000, help="Largest file a browser may upload, in MB (Streamlit's server.maxUploadSize)."),
 ) -> None:
     """Start the dashboard (Streamlit) in this terminal; open the printed URL in a browser. Ctrl+C stops it."""
@@ -329,9 +353,27 @@ def serve_app(
         env["DESERTSEG_APP_MODELS_DIR"] = str(models_dir.resolve())
     page = Path(__file__).with_name("app.py")
     cmd = [
-        sys.executable, "-m", "streamlit", "run", str(page),
-        "--server.headless", "true", "--server.address", host, "--server.port", str(port), "--server.maxUploadSize", str(max_upload_mb),
-        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--global.developmentMode", "false", "--client.toolbarMode", "minimal",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(page),
+        "--server.headless",
+        "true",
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.maxUploadSize",
+        str(max_upload_mb),
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--global.developmentMode",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
     ]
     typer.echo(f"Dashboard at http://{host}:{port} (Ctrl+C stops it)", err=True)
     if os.name == "posix":
@@ -499,7 +541,10 @@ def import_model_cmd(
         path = import_model(file, arch, out, input_size=input_size, trust_pickle=trust_pickle, normalisation=chosen)
     typer.echo(f"Wrote {path} ({arch}, input {input_size[1]}x{input_size[0]}, normalisation {chosen}: mean {list(mean)}, std {list(std)}); inspect it with `desertseg info {path}`")
     if normalisation is None:
-        typer.echo("note: ImageNet input normalisation recorded (the default); if the model was trained on plain ToTensor input, as the published Duality system is, re-import with --normalisation none", err=True)
+        typer.echo(
+            "note: ImageNet input normalisation recorded (the default); if the model was trained on plain ToTensor input, as the published Duality system is, re-import with --normalisation none",
+            err=True,
+        )
 
 
 # Errors that report the user's data, arguments or machine rather than a bug: file-system and

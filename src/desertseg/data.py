@@ -100,8 +100,7 @@ def read_mask(path: Path | str) -> np.ndarray:
     if mode in ("L", "1"):
         raise DataError(
             path,
-            f"mask is 8-bit (mode {mode}); Duality masks are 16-bit and ids like 7100 and 10000 "
-            "do not fit in 8 bits, so this file was probably re-saved and its labels destroyed",
+            f"mask is 8-bit (mode {mode}); Duality masks are 16-bit and ids like 7100 and 10000 do not fit in 8 bits, so this file was probably re-saved and its labels destroyed",
         )
     try:
         arr = np.asarray(img)
@@ -145,20 +144,6 @@ def parse_size(text: str | tuple | list) -> tuple[int, int]:
     if w <= 0 or h <= 0 or w > 8192 or h > 8192:
         raise ValueError(f"size {text!r} is out of range (1..8192 per side)")
     return h, w
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 class SegmentationDataset:

@@ -54,10 +54,7 @@ def _total_from(resp, offset: int) -> int | None:
 
 def _offline(url: str, reason) -> DownloadError:
     host = urlsplit(url).hostname
-    return DownloadError(
-        f"cannot reach {host} ({reason}); are you offline? Retry later, use a mirror with --base-url or "
-        f"${BASE_URL_ENV}, or put the zip into the destination folder by hand"
-    )
+    return DownloadError(f"cannot reach {host} ({reason}); are you offline? Retry later, use a mirror with --base-url or ${BASE_URL_ENV}, or put the zip into the destination folder by hand")
 
 
 def fetch(url: str, dest: Path | str, retries: int = 5, backoff: float = 2.0, timeout: float = 60.0, progress: bool = True) -> Path:
@@ -113,9 +110,7 @@ def fetch(url: str, dest: Path | str, retries: int = 5, backoff: float = 2.0, ti
 def _copy(resp, part: Path, offset: int, total: int | None, label: str, progress: bool) -> None:
     from tqdm import tqdm
 
-    with open(part, "ab" if offset else "wb") as f, tqdm(
-        total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress, leave=False
-    ) as bar:
+    with open(part, "ab" if offset else "wb") as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress, leave=False) as bar:
         while True:
             chunk = resp.read(CHUNK)
             if not chunk:

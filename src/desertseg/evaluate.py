@@ -130,7 +130,7 @@ def format_table(result: dict) -> str:
         f"| pixel accuracy | {result['pixel_accuracy']:.2%} |",
         f"| mean class accuracy | {result['mean_class_accuracy']:.4f} |",
         f"| frequency-weighted IoU | {result['fw_iou']:.4f} |",
-        f"| share of classes with IoU >= 0.5 (the seed's \"mAP50\") | {result['share_iou_ge_0.5']:.2f} |",
+        f'| share of classes with IoU >= 0.5 (the seed\'s "mAP50") | {result["share_iou_ge_0.5"]:.2f} |',
         f"| images | {result['images']} ({result['protocol']} resolution protocol) |",
         f"| latency per image, end-to-end mean | {fmt(lat['end_to_end_mean'])} ms |",
         f"| latency per image, model only | {fmt(lat['model_mean'])} ms |",

@@ -114,12 +114,24 @@ def to_onnx_bytes(model: nn.Module, metadata: dict, opset: int = OPSET, example_
             buf = io.BytesIO()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(graph, (example,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}})
+                torch.onnx.export(
+                    graph,
+                    (example,),
+                    buf,
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}},
+                )
             proto, exporter = onnx.load_from_string(buf.getvalue()), "torchscript"
         except Exception as e:
             errors.append(f"TorchScript exporter: {type(e).__name__}: {str(e)[:300]}")
             raise ExportError(f"ONNX export of model '{metadata.get('model')}' failed: " + "; ".join(errors)) from None
-    meta = {**{k: v for k, v in metadata.items() if k != "path"}, "onnx": {"input": f"{INPUT_NAME} (N, 3, H, W) float32 RGB in [0, 1], normalisation inside", "output": f"{OUTPUT_NAME} (N, C, H, W)", "opset": opset, "exporter": exporter}}
+    meta = {
+        **{k: v for k, v in metadata.items() if k != "path"},
+        "onnx": {"input": f"{INPUT_NAME} (N, 3, H, W) float32 RGB in [0, 1], normalisation inside", "output": f"{OUTPUT_NAME} (N, C, H, W)", "opset": opset, "exporter": exporter},
+    }
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, {META_KEY: json.dumps(meta)})
     return proto.SerializeToString(), exporter
@@ -216,7 +228,9 @@ def export_onnx(checkpoint: Path | str, out: Path | str, check_images: Sequence[
         session = onnx_session(data)
         parity = parity_check(model, session, check_images, [(h, w), (max(8, h // 2 + 1), max(8, w // 2 + 3))])
         if not parity.ok:
-            raise ExportError(f"{out}: ONNX export disagrees with PyTorch: argmax agreement {parity.argmax_agreement:.4%} < {MIN_AGREEMENT:.1%} (max abs logit difference {parity.max_abs_logit_diff:.3g}); file not written")
+            raise ExportError(
+                f"{out}: ONNX export disagrees with PyTorch: argmax agreement {parity.argmax_agreement:.4%} < {MIN_AGREEMENT:.1%} (max abs logit difference {parity.max_abs_logit_diff:.3g}); file not written"
+            )
     atomic_write(out, lambda tmp: tmp.write_bytes(data))
     return out, parity, exporter
 

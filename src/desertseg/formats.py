@@ -197,7 +197,7 @@ def _id_reader(ids: list[int], strict: bool) -> Callable[[Path], np.ndarray]:
     def read(path: Path) -> np.ndarray:
         img = _open(Path(path))
         if img.mode not in ("L", "P", "I;16", "I;16B", "I;16L", "I"):
-            raise DataError(path, f"id mask must be single-channel (got mode {img.mode}); for colour masks use encoding = \"color\"")
+            raise DataError(path, f'id mask must be single-channel (got mode {img.mode}); for colour masks use encoding = "color"')
         try:
             arr = np.asarray(img).astype(np.int64)
         except OSError as e:

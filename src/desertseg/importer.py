@@ -91,8 +91,7 @@ def load_source(path: Path | str, trust_pickle: bool = False):
     except (AttributeError, ModuleNotFoundError, ImportError) as e:
         raise CheckpointError(
             path,
-            f"the pickled model needs code that is not importable here ({e}); in the project that trained it, "
-            "run torch.save(model.state_dict(), 'state_dict.pth') and import that file instead",
+            f"the pickled model needs code that is not importable here ({e}); in the project that trained it, run torch.save(model.state_dict(), 'state_dict.pth') and import that file instead",
         ) from None
     except Exception as e:
         raise CheckpointError(path, f"cannot unpickle ({type(e).__name__}: {e})") from None
@@ -128,14 +127,14 @@ def map_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, to
             changed = False
             for p in STRIP_ALWAYS:
                 if k.startswith(p):
-                    k, changed = k[len(p):], True
+                    k, changed = k[len(p) :], True
         clean[k] = v
     strips = {""} | {".".join(k.split(".")[:n]) + "." for k in clean for n in (1, 2) if k.count(".") > n}
     adds = {""} | {".".join(k.split(".")[:n]) + "." for k in expected for n in (1, 2) if k.count(".") > n}
     best, best_hits = clean, -1
     for s in sorted(strips):
         for a in sorted(adds):
-            cand = {a + k[len(s):]: v for k, v in clean.items() if k.startswith(s)}
+            cand = {a + k[len(s) :]: v for k, v in clean.items() if k.startswith(s)}
             hits = len(expected.intersection(cand))
             if hits > best_hits:
                 best, best_hits = cand, hits

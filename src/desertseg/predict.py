@@ -79,7 +79,18 @@ class Predictor:
         compile: ``torch.compile`` the network (torch backend).
     """
 
-    def __init__(self, model, metadata: dict, device: str | None = None, flip: bool = False, scales: Sequence[float] = (1.0,), sliding_window: bool = False, backend: str = "auto", bf16: bool = False, compile: bool = False):
+    def __init__(
+        self,
+        model,
+        metadata: dict,
+        device: str | None = None,
+        flip: bool = False,
+        scales: Sequence[float] = (1.0,),
+        sliding_window: bool = False,
+        backend: str = "auto",
+        bf16: bool = False,
+        compile: bool = False,
+    ):
         check_backend(backend)
         self.device = pick_device(device)
         mean, std = input_normalisation(metadata, metadata.get("path", "model metadata"))

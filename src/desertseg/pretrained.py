@@ -238,9 +238,7 @@ def convert_by_position(source: dict[str, torch.Tensor], template: dict[str, tor
     for i, ((sk, sv), (tk, tv)) in enumerate(zip(source.items(), template.items())):
         same_leaf = sk.rsplit(".", 1)[-1] == tk.rsplit(".", 1)[-1]
         if sv.shape != tv.shape or sv.dtype != tv.dtype or not same_leaf:
-            raise PretrainedUnavailable(
-                f"position {i}: {sk} {tuple(sv.shape)} {sv.dtype} does not fit {tk} {tuple(tv.shape)} {tv.dtype}"
-            )
+            raise PretrainedUnavailable(f"position {i}: {sk} {tuple(sv.shape)} {sv.dtype} does not fit {tk} {tuple(tv.shape)} {tv.dtype}")
         out[tk] = sv.detach().contiguous()
     return out
 

@@ -257,4 +257,3 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> Path | None:
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return Path(out_png)
-

@@ -240,6 +240,8 @@ def find_samples(data: Path | str, split: str | None = None) -> tuple[list[Sampl
 
 # Environments of the published dataset, as Duality names them (longest prefix wins).
 KNOWN_ENVIRONMENTS = ("cc", "mt0", "mt1", "w0", "ww1")
+
+
 def environment(name: str) -> str:
     """Simulated environment of a Duality file from its name prefix, e.g. 'mt1' for mt10000000.
 

@@ -35,11 +35,7 @@ def environment_matches(env: str, wanted: str) -> bool:
     return re.sub(r"\d+$", "", env) == wanted
 
 
-
-
-def make_splits(
-    data: Path | str, val_envs: list[str], train_envs: list[str] | None = None
-) -> tuple[dict[str, list[Sample]], list[str]]:
+def make_splits(data: Path | str, val_envs: list[str], train_envs: list[str] | None = None) -> tuple[dict[str, list[Sample]], list[str]]:
     """Split every pair under ``data`` by environment: ``val`` holds ``val_envs``, ``train``
     holds ``train_envs`` (default: every other environment). Deterministic (sorted by path)
     and disjoint. Returns ``({"train": [...], "val": [...]}, problems)``."""
@@ -87,10 +83,6 @@ def write_split_file(path: Path | str, samples: list[Sample], data_root: Path | 
     path = Path(path)
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8"))
     return path
-
-
-
-
 
 
 def describe_split(samples: list[Sample]) -> str:

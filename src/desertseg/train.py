@@ -19,6 +19,7 @@ scheduler, loop progress and the RNG states of every process, and ``--resume RUN
 continues from it. Data order and augmentation are pure functions of (seed, epoch, sample),
 so a resumed run sees the same batches as an uninterrupted one, whatever the worker count.
 """
+
 from __future__ import annotations
 
 import csv

@@ -126,7 +126,9 @@ def predict_video(
     rows: list[list] = []
     try:
         # The writer picks the container from the file name, so the temp name keeps the suffix.
-        atomic_write(out_path, lambda tmp: _write_overlay(predictor, cap, video_path, out_path, tmp, fps, (width, height), estimate, rows, opacity, batch_size, progress), suffix=out_path.suffix or ".mp4")
+        atomic_write(
+            out_path, lambda tmp: _write_overlay(predictor, cap, video_path, out_path, tmp, fps, (width, height), estimate, rows, opacity, batch_size, progress), suffix=out_path.suffix or ".mp4"
+        )
     finally:
         cap.release()
 
@@ -142,5 +144,7 @@ def predict_video(
         atomic_write(csv_path, write_csv)
     if estimate and len(rows) < estimate - FRAME_COUNT_SLACK:
         kept = ", ".join(str(p) for p in (out_path, csv_path) if p is not None)
-        raise DataError(video_path, f"video is truncated or damaged: only {len(rows)} of the {estimate} frames its container announces could be decoded; the outputs of those {len(rows)} were written ({kept})")
+        raise DataError(
+            video_path, f"video is truncated or damaged: only {len(rows)} of the {estimate} frames its container announces could be decoded; the outputs of those {len(rows)} were written ({kept})"
+        )
     return {"frames": len(rows), "fps": fps, "size": (width, height), "video": out_path, "csv": csv_path}
