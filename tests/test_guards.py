@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import link_subset
 
-import desertseg.engine as T
+import desertseg.lightning_module as T
 from desertseg.config import load_config
 from desertseg.engine import TrainingDiverged
 from desertseg.losses import SegmentationLoss
