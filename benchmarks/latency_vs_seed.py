@@ -5,7 +5,8 @@ plus both paths' mIoU on the shared unseen split when trained weights are given.
     python benchmarks/latency_vs_seed.py --threads 2 --images 30 \
         --checkpoint src/desertseg/weights/default.safetensors --seed-checkpoint runs/seed/best.safetensors
 
-Seed path (as published): PIL decode, PIL resize to 256x256, ToTensor + Normalize,
+Seed path (as published): PIL decode, PIL resize to 256x256, ToTensor (no mean/std
+normalisation: the published system trains on plain [0, 1] input),
 torchvision DeepLabV3-ResNet50 in float32 eager at batch 1, argmax at 256x256, mask resized
 back to 960x540 with nearest. Ours: ``Predictor.from_checkpoint`` with its default backend
 (PyTorch for a .safetensors file, onnxruntime for an .onnx file; ``--backend onnx`` reuses an
@@ -53,11 +54,9 @@ class SeedPath:
         from PIL import Image
         from torchvision.transforms import functional as TF
 
-        from desertseg.transforms import MEAN, STD
-
         image = Image.open(path).convert("RGB")
         size = image.size
-        x = TF.normalize(TF.to_tensor(image.resize(SEED_SIZE[::-1], Image.BILINEAR)), MEAN, STD)[None]
+        x = TF.to_tensor(image.resize(SEED_SIZE[::-1], Image.BILINEAR))[None]
         with self.torch.inference_mode():
             pred = self.model(x).argmax(1)[0].to(self.torch.uint8).numpy()
         return np.asarray(Image.fromarray(pred).resize(size, Image.NEAREST))
@@ -137,7 +136,7 @@ def main() -> None:
         "images_timed": len(timed),
         "image_size": [540, 960],
         "seed": {
-            "path": "DeepLabV3-ResNet50 256x256, PIL resize + ToTensor/Normalize, batch 1, nearest upsampling of the argmax",
+            "path": "DeepLabV3-ResNet50 256x256, PIL resize + ToTensor (no normalisation, as published), batch 1, nearest upsampling of the argmax",
             "checkpoint": str(args.seed_checkpoint) if args.seed_checkpoint else None,
             **s,
             "unseen": seed_miou,
