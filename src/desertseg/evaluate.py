@@ -80,8 +80,9 @@ def evaluate(predictor: Predictor, samples: list[Sample], protocol: str = "full"
         if keep_per_image:
             m = summarize(one) if fine else coarse_summary(group_confusion(one, fmt.coarse_lut))
             per_image.append({"name": s.name, "image": str(s.image), "mask": str(s.mask), "miou_present": m["miou_present"], "pixel_accuracy": m["pixel_accuracy"]})
-    coarse = coarse_summary(group_confusion(cross, fmt.coarse_lut))
-    coarse.update(groups=list(GROUP_NAMES), confusion_matrix=group_confusion(cross, fmt.coarse_lut).tolist())
+    groups = group_confusion(cross, fmt.coarse_lut)
+    coarse = coarse_summary(groups)
+    coarse.update(groups=list(GROUP_NAMES), confusion_matrix=groups.tolist())
     if fine:
         result = summarize(cross)
         result.update(confusion_matrix=cross.tolist(), coarse=coarse)
