@@ -144,7 +144,7 @@ def load_model(path: Path | str, allow_class_remap: bool = False) -> tuple[nn.Mo
     name = meta.get("model")
     if name not in MODELS:
         raise CheckpointError(path, f"unknown model '{name}' (known: {', '.join(MODELS)})")
-    model = build_model(name, int(meta["num_classes"]), pretrained=False, ibn_stages=int(meta.get("config", {}).get("ibn_stages", 0)))
+    model = build_model(name, int(meta["num_classes"]), pretrained=False)
     state = load_file(str(path))
     expected = model.state_dict()
     problems = state_mismatches(expected, state)

@@ -39,7 +39,6 @@ class TrainConfig:
     class_weighting: str = "inverse_sqrt"  # none | inverse_sqrt | inverse
     label_smoothing: float = 0.0
     encoder_lr_mult: float = 0.1  # encoder learning rate = lr * this; 0 freezes the encoder
-    ibn_stages: int = 0  # encoder stages with instance norm in half the channels (models.add_ibn)
     augment: dict = field(default_factory=lambda: dict(DEFAULT_AUGMENT))
     cache: bool = True  # keep decoded, resized samples in memory (per loader process)
     cache_dir: str | None = None  # on-disk cache of decoded, resized samples (desertseg.cache)

@@ -114,7 +114,7 @@ class SegmentationModule(L.LightningModule):
         for key, registry in (("optimizer", OPTIMIZERS), ("scheduler", {**SCHEDULERS, "none": None})):
             if getattr(self.cfg, key) not in registry:
                 raise ValueError(f"unknown {key} '{getattr(self.cfg, key)}' ({', '.join(registry)})")
-        self.model = build_model(self.cfg.model, NUM_CLASSES, pretrained=self.cfg.pretrained, ibn_stages=self.cfg.ibn_stages)
+        self.model = build_model(self.cfg.model, NUM_CLASSES, pretrained=self.cfg.pretrained)
         w = torch.tensor(weights) if weights is not None else None
         self.criterion = SegmentationLoss(self.cfg.loss, class_weights=w, label_smoothing=self.cfg.label_smoothing)
         # Both are torchmetrics states summed over processes by compute() (dist_reduce_fx="sum"),

@@ -61,56 +61,6 @@ class PadToMultiple(nn.Module):
         return self.model(x)[..., :h, :w]
 
 
-class IBN(nn.Module):
-    """Instance normalisation on the first ``ratio`` of the channels, batch normalisation on the
-    rest (IBN-Net, Pan et al. 2018): shallow features then drop each image's own contrast and
-    colour cast (style), while the other half keeps what batch statistics carry (content).
-
-    Built from a trained :class:`~torch.nn.BatchNorm2d`, whose affine weights (and, for its own
-    half, running statistics) it keeps, so ImageNet weights stay usable.
-
-    Shape: ``(N, C, H, W)`` -> same.
-    """
-
-    def __init__(self, bn: nn.BatchNorm2d, ratio: float = 0.5):
-        super().__init__()
-        channels = bn.num_features
-        self.split = int(channels * ratio)
-        self.instance = nn.InstanceNorm2d(self.split, eps=bn.eps, affine=True)
-        self.batch = nn.BatchNorm2d(channels - self.split, eps=bn.eps, momentum=bn.momentum)
-        with torch.no_grad():
-            self.instance.weight.copy_(bn.weight[: self.split])
-            self.instance.bias.copy_(bn.bias[: self.split])
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                getattr(self.batch, name).copy_(getattr(bn, name)[self.split :])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = x.split([self.split, x.shape[1] - self.split], 1)
-        return torch.cat([self.instance(a.contiguous()), self.batch(b.contiguous())], 1)
-
-
-def add_ibn(model: nn.Module, stages: int) -> nn.Module:
-    """Replace the first batch norm of every block in the encoder's first ``stages`` stages
-    (after the stem) with :class:`IBN`, as IBN-Net-a does in ResNet's shallow stages; deeper
-    stages keep batch norm, whose features must stay discriminative. MobileNetV2 encoders only.
-    """
-    encoder = getattr(getattr(model, "model", model), "encoder", None)
-    indexes = getattr(encoder, "_out_indexes", None)
-    if not stages:
-        return model
-    if indexes is None or not hasattr(encoder, "features"):
-        raise ValueError("ibn_stages is implemented for MobileNetV2 encoders (unet/fpn/deeplabv3plus_mobilenet_v2)")
-    if not 0 < stages < len(indexes):
-        raise ValueError(f"ibn_stages must lie in 0..{len(indexes) - 1}, got {stages}")
-    for block in list(encoder.features)[1 : indexes[stages - 1] + 1]:
-        # The first in module order: the BN after the block's first conv.
-        name = next(n for n, m in block.named_modules() if type(m) is nn.BatchNorm2d)
-        parent, _, child = name.rpartition(".")
-        bn = block.get_submodule(name)
-        setattr(block.get_submodule(parent), child, IBN(bn).train(bn.training))
-    return model
-
-
 def _smp(arch: str, encoder: str) -> Callable[..., nn.Module]:
     def build(num_classes: int, pretrained: Pretrained) -> nn.Module:
         import segmentation_models_pytorch as smp
@@ -159,16 +109,15 @@ def encoder_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(part.parameters()) if part is not None else []
 
 
-def build_model(name: str, num_classes: int, pretrained: Pretrained = "auto", ibn_stages: int = 0) -> nn.Module:
+def build_model(name: str, num_classes: int, pretrained: Pretrained = "auto") -> nn.Module:
     """Build a registered model returning ``(N, num_classes, H, W)`` logits.
 
     ``pretrained``: ``True`` requires ImageNet encoder weights (raises
     :class:`PretrainedUnavailable` with how to provide them), ``"auto"`` uses them when they
     are cached or downloadable and warns otherwise, ``False`` starts from scratch.
-    ``ibn_stages``: see :func:`add_ibn` (recorded in model files).
     """
     if name not in MODELS:
         raise UnknownName(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
     if pretrained not in (True, False, "auto"):
         raise ValueError(f"pretrained must be True, False or 'auto', got {pretrained!r}")
-    return add_ibn(MODELS[name](num_classes, pretrained), ibn_stages)
+    return MODELS[name](num_classes, pretrained)
