@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,22 @@ def link_subset(root: Path, dest: Path, counts: dict[str, int]) -> Path:
             for sub in ("Color_Images", "Segmentation"):
                 (dest / split / sub / p.name).symlink_to(root / split / sub / p.name)
     return dest
+
+
+def train_args(data: Path, out: Path, *extra: str, size: str = "64x36", devices: int = 1) -> list[str]:
+    """``desertseg train`` arguments of a tiny CPU run from scratch: seed preset, an untrained
+    unet_mobilenet_v2 at ``size``, 2 epochs at batch 1, no loader workers. ``devices=2`` makes
+    it a two-process DDP run (gloo, Lightning starts the second process); ``extra`` arguments
+    (``--lr``, ``--set``, ``--accumulate``, ...) come last."""
+    args = ["train", "--data", str(data), "--out", str(out), "--preset", "seed", "--model", "unet_mobilenet_v2", "--set", "pretrained=false"]
+    args += ["--size", size, "--epochs", "2", "--batch-size", "1", "--workers", "0", "--accelerator", "cpu", "--devices", str(devices)]
+    return args + (["--strategy", "ddp"] if devices > 1 else []) + list(extra)
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``desertseg ARGS`` in a fresh process, as a user starts it (one thread, offline, quiet); output captured."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "desertseg.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,11 @@ DistributedSampler (which repeats an image) or per-rank averaging would both be 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import link_subset
+from conftest import link_subset, run_cli, train_args
 
 from desertseg.checkpoint import load_model
 from desertseg.data import SegmentationDataset
@@ -31,42 +28,7 @@ W, H, N_VAL = 64, 36, 3
 def test_two_process_ddp_training_matches_one_process_evaluation(duality_root, tmp_path):
     data = link_subset(duality_root, tmp_path / "data", {"train": 4, "val": N_VAL})
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "desertseg.cli",
-        "train",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--preset",
-        "seed",
-        "--model",
-        "unet_mobilenet_v2",
-        "--set",
-        "pretrained=false",
-        "--size",
-        f"{W}x{H}",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "1",
-        "--lr",
-        "0.003",
-        "--workers",
-        "0",
-        "--strategy",
-        "ddp",
-        "--devices",
-        "2",
-        "--accelerator",
-        "cpu",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_cli(*train_args(data, out, "--lr", "0.003", "--cache-dir", str(tmp_path / "cache"), size=f"{W}x{H}", devices=2))
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert "Starting with 2 processes" in log and "distributed_backend=gloo" in log

@@ -13,13 +13,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import link_subset
+from conftest import link_subset, run_cli, train_args
 
 import desertseg.lightning_module as T
 from desertseg.config import load_config
@@ -34,11 +32,6 @@ TINY = {"model": "unet_mobilenet_v2", "pretrained": False, "size": "64x36", "bat
 @pytest.fixture
 def tiny_data(duality_root, tmp_path) -> Path:
     return link_subset(duality_root, tmp_path / "data", {"train": 2, "val": 1})
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "desertseg.cli", *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
@@ -65,33 +58,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(tin
 
 
 def test_diverging_learning_rate_is_one_clear_error_line(tiny_data, tmp_path):
-    proc = _cli(
-        "train",
-        "--data",
-        str(tiny_data),
-        "--out",
-        str(tmp_path / "run"),
-        "--preset",
-        "seed",
-        "--model",
-        "unet_mobilenet_v2",
-        "--set",
-        "pretrained=false",
-        "--size",
-        "64x36",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "1",
-        "--workers",
-        "0",
-        "--lr",
-        "1e30",
-        "--accelerator",
-        "cpu",
-        "--devices",
-        "1",
-    )
+    proc = run_cli(*train_args(tiny_data, tmp_path / "run", "--lr", "1e30"))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert re.search(r"^error: training loss became (nan|inf|-inf) at epoch \d+, step \d+ ", proc.stderr, re.M), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
@@ -137,33 +104,7 @@ def test_read_only_run_folder_fails_before_training(tiny_data, tmp_path):
 
 def test_accumulate_flag_halves_the_optimizer_steps(tiny_data, tmp_path):
     out = tmp_path / "run"
-    proc = _cli(
-        "train",
-        "--data",
-        str(tiny_data),
-        "--out",
-        str(out),
-        "--preset",
-        "seed",
-        "--model",
-        "unet_mobilenet_v2",
-        "--set",
-        "pretrained=false",
-        "--size",
-        "64x36",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "1",
-        "--workers",
-        "0",
-        "--accumulate",
-        "2",
-        "--accelerator",
-        "cpu",
-        "--devices",
-        "1",
-    )
+    proc = run_cli(*train_args(tiny_data, out, "--accumulate", "2"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     # 2 images at batch 1 = 2 batches per epoch; accumulating 2 makes one optimiser step per epoch.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli, train_args
 
 from desertseg.config import load_config
 from desertseg.data import DataError
@@ -111,48 +112,11 @@ def test_two_process_ddp_run_counts_a_damaged_file_once_and_goes_on(duality_root
     """Under DDP (started by the command line, progress bar on, as a user would) the count is
     summed over processes without a hang: rank 0's progress bar syncs the epoch's metrics before
     the module's epoch-end hook, so that hook must not start a collective of its own."""
-    import os
-    import subprocess
-    import sys
-
     data = copy_subset(duality_root, tmp_path / "data", {"train": 4, "val": 2})
     bad = pair(data, "train", 2, "Color_Images")
     truncate(bad)  # damaged from the start: the seed preset reads no file before training
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "desertseg.cli",
-        "train",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--preset",
-        "seed",
-        "--model",
-        "unet_mobilenet_v2",
-        "--set",
-        "pretrained=false",
-        "--set",
-        "max_bad_share=0.5",
-        "--size",
-        "64x36",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "1",
-        "--workers",
-        "0",
-        "--strategy",
-        "ddp",
-        "--devices",
-        "2",
-        "--accelerator",
-        "cpu",
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_cli(*train_args(data, out, "--set", "max_bad_share=0.5", devices=2))
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert f"warning: skipped damaged file {bad}: " in log

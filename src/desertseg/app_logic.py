@@ -28,7 +28,8 @@ from .classes import (
     index_to_raw,
     raw_to_index,
 )
-from .data import MAX_PIXELS, DataError, read_image, read_mask
+from .data import MAX_PIXELS, DataError, check_mask_size, read_image, read_mask
+from .samples import pair_by_stem
 
 # The page refuses larger images: probabilities for 10 classes at 16 MP already take 640 MB.
 # DESERTSEG_APP_MAX_PIXELS lowers (or raises, up to data.MAX_PIXELS) the cap.
@@ -108,8 +109,7 @@ def load_mask(data: bytes, name: str, image_shape: tuple[int, int]) -> tuple[np.
     Raises :class:`DataError` for 8-bit or colour masks and masks of another size than the image.
     """
     raw = _with_temp_file(data, name, read_mask)
-    if raw.shape != tuple(image_shape):
-        raise DataError(name, f"mask is {raw.shape[1]}x{raw.shape[0]} but its image is {image_shape[1]}x{image_shape[0]}; upload the mask that belongs to this image")
+    check_mask_size(name, raw.shape, image_shape, "; upload the mask that belongs to this image")
     target = raw_to_index(raw)
     notes = []
     unknown = target == IGNORE_INDEX
@@ -237,11 +237,9 @@ def pair_masks(image_names: list[str], mask_names: list[str]) -> tuple[dict[str,
 
     Returns ``({image name: mask name}, notes)``; unmatched masks are reported in the notes.
     """
-    stems = {Path(n).stem: n for n in image_names}
-    pairs, notes = {}, []
-    for m in mask_names:
-        if Path(m).stem in stems:
-            pairs[stems[Path(m).stem]] = m
+    matched, _ = pair_by_stem({Path(n).stem: n for n in image_names}, {Path(m).stem: m for m in mask_names})
+    pairs = {image: mask for _, image, mask in matched if mask is not None}
+    notes = []
     if not pairs and len(image_names) == 1 and len(mask_names) == 1:
         pairs[image_names[0]] = mask_names[0]
         if Path(mask_names[0]).stem != Path(image_names[0]).stem:

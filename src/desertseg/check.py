@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .classes import CLASSES, RAW_IDS
-from .data import DataError, _open, read_image, read_mask
-from .samples import IMAGE_DIR, IMAGE_SUFFIXES, MASK_DIR, environment, find_split_dirs
+from .data import DataError, _open, read_image, read_mask, size_mismatch
+from .samples import IMAGE_DIR, IMAGE_SUFFIXES, MASK_DIR, environment, find_split_dirs, pair_by_stem
 
 _KNOWN = np.zeros(65536, dtype=bool)
 _KNOWN[list(RAW_IDS)] = True
@@ -132,6 +132,12 @@ class _Problems(list):
         self.append({"severity": severity, "kind": kind, "path": str(path), "problem": problem, "split": split})
 
 
+def _case_hint(others_by_lower: dict[str, Path], stem: str, other: str) -> str:
+    """`` (a mask named A.png differs only in case)`` where only the case keeps an orphan from pairing."""
+    twin = others_by_lower.get(stem.lower())
+    return f" ({other} named {twin.name} differs only in case)" if twin is not None else ""
+
+
 def _plan(root: Path, add: _Problems) -> list[tuple[str, Path, dict, dict]]:
     """``(name, folder, images by stem, masks by stem)`` per split folder; orphans reported."""
     split_dirs = find_split_dirs(root)
@@ -144,12 +150,13 @@ def _plan(root: Path, add: _Problems) -> list[tuple[str, Path, dict, dict]]:
         if not (d / MASK_DIR).is_dir():
             add("error", "no_masks", d / MASK_DIR, "mask folder not found", name)
         masks = _scan(d / MASK_DIR, (".png",), name, add)
-        for mine, theirs, kind, what, other in ((images, masks, "orphan_image", "image without a mask", "a mask"), (masks, images, "orphan_mask", "mask without an image", "an image")):
-            theirs_lower = {t.lower(): q for t, q in theirs.items()}
-            for stem, path in mine.items():
-                if stem not in theirs:
-                    hint = f" ({other} named {theirs_lower[stem.lower()].name} differs only in case)" if stem.lower() in theirs_lower else ""
-                    add("error", kind, path, what + hint, name)
+        matched, lone_masks = pair_by_stem(images, masks)
+        images_lower, masks_lower = ({stem.lower(): p for stem, p in files.items()} for files in (images, masks))
+        for stem, image, mask in matched:
+            if mask is None:
+                add("error", "orphan_image", image, "image without a mask" + _case_hint(masks_lower, stem, "a mask"), name)
+        for stem in lone_masks:
+            add("error", "orphan_mask", masks[stem], "mask without an image" + _case_hint(images_lower, stem, "an image"), name)
         if not images:
             add("error", "no_pairs", d / IMAGE_DIR, "no images in this folder", name)
         plans.append((name, d, images, masks))
@@ -204,7 +211,8 @@ def _summarise_split(plan: tuple, img_info: dict, mask_info: dict, add: _Problem
     for info in img_info.values():
         if "digest" in info and "error" not in info:
             digests[info["digest"]].append((name, info["path"]))
-    pairs = sorted(set(images) & set(masks))
+    matched, lone_masks = pair_by_stem(images, masks)
+    pairs = sorted(stem for stem, _, mask in matched if mask is not None)
     for stem in pairs:
         im, mk = img_info[stem], mask_info[stem]
         envs[environment(stem)] += 1
@@ -212,7 +220,7 @@ def _summarise_split(plan: tuple, img_info: dict, mask_info: dict, add: _Problem
         img_modes.update([im["mode"]] if "mode" in im else [])
         mask_modes.update([mk["mode"]] if "mode" in mk else [])
         if "size" in im and "size" in mk and im["size"] != mk["size"]:
-            add("error", "size_mismatch", mk["path"], "mask is %dx%d but its image is %dx%d" % (*mk["size"], *im["size"]), name)
+            add("error", "size_mismatch", mk["path"], size_mismatch(mk["size"][::-1], im["size"][::-1]), name)
         if "ids" in mk:
             _check_ids(mk, name, add, counts, unknown, class_images)
     known_total = int(counts[_KNOWN].sum())
@@ -222,8 +230,8 @@ def _summarise_split(plan: tuple, img_info: dict, mask_info: dict, add: _Problem
         "pairs": len(pairs),
         "images": len(images),
         "masks": len(masks),
-        "orphan_images": len(set(images) - set(masks)),
-        "orphan_masks": len(set(masks) - set(images)),
+        "orphan_images": len(images) - len(pairs),
+        "orphan_masks": len(lone_masks),
         "environments": dict(sorted(envs.items())),
         "image_sizes": dict(sizes.most_common()),
         "image_modes": dict(img_modes.most_common()),

@@ -113,6 +113,20 @@ def read_mask(path: Path | str) -> np.ndarray:
     return arr.astype(np.uint16)
 
 
+def size_mismatch(mask_shape: Sequence[int], image_shape: Sequence[int]) -> str:
+    """What is wrong with a mask of shape ``(H, W)`` beside an image of another ``(H, W)``:
+    ``mask is WxH but its image is WxH`` (sizes written width first, as people write them)."""
+    return f"mask is {mask_shape[1]}x{mask_shape[0]} but its image is {image_shape[1]}x{image_shape[0]}"
+
+
+def check_mask_size(mask: Path | str, mask_shape: Sequence[int], image_shape: Sequence[int], advice: str = "") -> None:
+    """Raise :class:`DataError` naming the file ``mask`` when its ``(H, W)`` shape is not its
+    image's (extra dimensions, such as the image's channels, are not compared); ``advice`` is
+    appended to the message."""
+    if tuple(mask_shape[:2]) != tuple(image_shape[:2]):
+        raise DataError(mask, size_mismatch(mask_shape, image_shape) + advice)
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize ``(H, W, 3)`` uint8 RGB to ``size`` = (H, W), bilinear with antialiasing.
 
@@ -191,8 +205,7 @@ class SegmentationDataset:
             return hit
         image = read_image(s.image)
         target = raw_to_index(read_mask(s.mask))
-        if image.shape[:2] != target.shape:
-            raise DataError(s.mask, f"mask is {target.shape[1]}x{target.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}")
+        check_mask_size(s.mask, target.shape, image.shape)
         if self.size is not None and image.shape[:2] != tuple(self.size):
             image = resize_image(image, self.size)
             target = resize_mask(target, self.size)

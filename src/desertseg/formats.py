@@ -76,7 +76,7 @@ import numpy as np
 from .classes import CLASS_NAMES, IGNORE_INDEX, RAW_IDS, raw_to_index
 from .coarse import DESERT_GROUPS, GROUP_NAMES, group_lut
 from .data import DataError, _open, read_mask
-from .samples import IMAGE_SUFFIXES, Sample, find_samples
+from .samples import IMAGE_SUFFIXES, Sample, find_samples, pair_by_stem
 
 # YCOR's legend (see ../shared/data/README.md) with the coarse group of each colour.
 YCOR: dict = {
@@ -147,10 +147,12 @@ def pair_files(root: Path, image_glob: str, mask_glob: str, image_suffix: str = 
 
     images, dup_images = index(image_glob, image_suffix, IMAGE_SUFFIXES)
     masks, dup_masks = index(mask_glob, mask_suffix, (".png",))
+    matched, lone_masks = pair_by_stem(dict(sorted(images.items())), masks)
     problems = list(dup_images.values()) + list(dup_masks.values())
-    problems += [f"{masks[k]}: mask without an image" for k in sorted(set(masks) - set(images) - set(dup_images))]
-    problems += [f"{images[k]}: image without a mask" for k in sorted(set(images) - set(masks) - set(dup_masks))]
-    samples = [Sample(k, images[k], masks[k]) for k in sorted(set(images) & set(masks))]
+    # A name skipped as ambiguous on one side leaves no orphan on the other: it is reported once.
+    problems += [f"{masks[k]}: mask without an image" for k in sorted(lone_masks) if k not in dup_images]
+    problems += [f"{image}: image without a mask" for k, image, mask in matched if mask is None and k not in dup_masks]
+    samples = [Sample(k, image, mask) for k, image, mask in matched if mask is not None]
     if not samples:
         raise DataError(root, f"no image/mask pairs found (images: {image_glob}, masks: {mask_glob})")
     return samples, problems

@@ -18,6 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, TypeVar
 
 from .data import DataError
 
@@ -34,6 +35,24 @@ class Sample:
     name: str
     image: Path
     mask: Path | None
+
+
+F = TypeVar("F")  # a file: a Path, or an upload's name
+
+
+def pair_by_stem(images: Mapping[str, F], masks: Mapping[str, F]) -> tuple[list[tuple[str, F, F | None]], list[str]]:
+    """Pair images with masks by file stem: the one place that does.
+
+    ``images`` and ``masks`` map a stem (however the caller derived it: the file's stem, less a
+    suffix) to its file; finding and indexing the files, and what to do with two files of one
+    stem, stay with the caller. Returns ``(matched, lone_masks)``: every image as
+    ``(stem, image, mask)`` in the order of ``images``, ``mask`` ``None`` where no mask has its
+    stem, and the stems of masks without an image in the order of ``masks``. Nothing is dropped,
+    so each caller can report every orphan in its own words.
+    """
+    matched = [(stem, image, masks.get(stem)) for stem, image in images.items()]
+    lone_masks = [stem for stem in masks if stem not in images]
+    return matched, lone_masks
 
 
 def _by_stem(folder: Path, suffixes: tuple[str, ...], problems: list[str]) -> dict[str, Path]:
@@ -65,11 +84,11 @@ def list_samples(split_dir: Path | str, require_masks: bool = True) -> tuple[lis
     masks = _by_stem(mask_dir, (".png",), problems) if mask_dir.is_dir() else {}
     if require_masks and not mask_dir.is_dir():
         raise DataError(mask_dir, "mask folder not found")
-    for stem in sorted(set(masks) - set(images)):
+    matched, lone_masks = pair_by_stem(images, masks)
+    for stem in sorted(lone_masks):
         problems.append(f"{masks[stem]}: mask without an image")
     samples = []
-    for stem, img in images.items():
-        mask = masks.get(stem)
+    for stem, img, mask in matched:
         if mask is None and require_masks:
             problems.append(f"{img}: image without a mask")
             continue
