@@ -17,7 +17,7 @@ import torch
 
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .coarse import GROUP_NAMES, coarse_summary, group_confusion, mapping_table
-from .data import DataError, read_image, resize_mask
+from .data import DataError, check_mask_size, read_image, resize_mask
 from .formats import DatasetFormat, get_format
 from .metrics import confusion_matrix, summarize
 from .predict import Predictor
@@ -37,8 +37,7 @@ def labelled_pairs(samples: list[Sample], read_labels, errors: list[str]) -> Ite
         try:
             image = read_image(s.image)
             target = read_labels(s.mask)
-            if target.shape != image.shape[:2]:
-                raise DataError(s.mask, f"mask is {target.shape[1]}x{target.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}")
+            check_mask_size(s.mask, target.shape, image.shape)
         except DataError as e:
             errors.append(str(e))
             continue
