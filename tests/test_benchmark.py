@@ -92,3 +92,22 @@ def test_missing_onnxruntime_names_the_extra(tiny_run, tmp_path, monkeypatch):
         Predictor.from_checkpoint(onnx_file, device="cpu")
     # auto quietly stays with PyTorch when onnxruntime is missing
     assert Predictor.from_checkpoint(tiny_run / "best.safetensors", device="cpu").backend == "torch"
+
+
+def test_published_path_ratio_and_unseen_miou_in_one_run(tiny_run, unseen_dir, tmp_path):
+    from conftest import link_subset
+
+    from desertseg.benchmark import run_benchmark
+
+    split = link_subset(unseen_dir.parent, tmp_path / "data", {unseen_dir.name: 2}) / unseen_dir.name
+    from desertseg.samples import list_samples
+
+    samples, _ = list_samples(split)
+    images = sorted((split / "Color_Images").iterdir())
+    report = run_benchmark(tiny_run / "best.safetensors", images, ["torch"], [1], images=2, threads=1, device="cpu", published=True, miou_samples=samples)
+    ours, published = report["results"]
+    assert published["backend"] == "published" and published["input_size"] == [256, 256]
+    assert published["unseen_miou"] is None  # untrained published weights: timed, never scored
+    assert ours["speedup_vs_published"] == round(published["latency_ms"]["p50"] / ours["latency_ms"]["p50"], 2)
+    assert ours["unseen_miou"]["images"] == 2 and 0 <= ours["unseen_miou"]["miou_all"] <= ours["unseen_miou"]["miou_present"] <= 1
+    assert set(published["stage_ms_per_image"]) == {"decode", "preprocess", "model", "postprocess"}

@@ -104,3 +104,22 @@ def test_parse_size_and_environment():
     with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
         parse_size("480")
     assert [environment(n) for n in ("cc0000032", "mt0000015", "mt10000000", "w0000002")] == ["cc", "mt0", "mt1", "w0"]
+
+
+def test_fast_decoders_give_exactly_pillows_pixels(unseen_dir, ycor_dir, tmp_path):
+    from PIL import Image
+
+    from desertseg.data import _decode_fast
+
+    files = sorted((unseen_dir / "Color_Images").glob("*.png"))[:3] + sorted((ycor_dir / "images").glob("*.jpg"))[:3]
+    for path in files:
+        with Image.open(path) as im:
+            reference = np.asarray(im.convert("RGB"))
+            assert _decode_fast(path, im) is not None, path  # the fast path really runs on these files
+        assert np.array_equal(read_image(path), reference), path
+    # A rotated JPEG is left to Pillow, which applies the rotation.
+    with Image.open(files[-1]) as im:
+        exif = im.getexif()
+        exif[0x0112] = 6
+        im.save(tmp_path / "rotated.jpg", exif=exif)
+    assert read_image(tmp_path / "rotated.jpg").shape[:2] == reference.shape[:2][::-1]

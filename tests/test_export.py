@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from desertseg.checkpoint import META_KEY
+from desertseg.checkpoint import META_KEY, CheckpointError
 from desertseg.classes import class_table
 from desertseg.data import read_image, resize_image
 from desertseg.predict import Predictor
@@ -68,7 +68,7 @@ def test_onnx_file_carries_metadata_and_dynamic_axes(exported, tiny_run):
 
 def test_onnx_matches_pytorch_at_two_sizes_and_batch_two(exported, tiny_run, images):
     from desertseg.checkpoint import load_model
-    from desertseg.export import onnx_session
+    from desertseg.runtime import onnx_session
 
     session = onnx_session(exported[0])
     model, _ = load_model(tiny_run / "best.safetensors")
@@ -107,8 +107,12 @@ def test_backend_choice_and_reuse_of_an_export_of_the_same_file(exported, tiny_r
     model, meta = load_model(tiny_run / "best.safetensors")
     other = save_model(tmp_path / "other.safetensors", model, {**meta, "note": "a copy"})  # same weights, other bytes
     shutil.copy(exported[0], tmp_path / "other.onnx")
-    fresh = Predictor.from_checkpoint(other, device="cpu", backend="onnx")
-    assert fresh.backend == "onnx" and fresh.metadata["path"] != str(tmp_path / "other.onnx")
+    # ... and the Predictor never exports behind the caller's back: it says how to.
+    with pytest.raises(CheckpointError, match=r"no onnx export of this file beside it; write one with `desertseg export --checkpoint"):
+        Predictor.from_checkpoint(other, device="cpu", backend="onnx")
+    model, meta = load_model(other)
+    with pytest.raises(ValueError, match="export it with `desertseg export`"):
+        Predictor(model, meta, backend="onnx")
 
 
 def test_onnx_file_with_torch_backend_is_refused(exported):
@@ -127,8 +131,9 @@ def test_failed_parity_fails_loudly_and_writes_nothing(tiny_run, images, tmp_pat
 
 
 def test_parity_check_detects_a_different_model(exported, images):
-    from desertseg.export import onnx_session, parity_check
+    from desertseg.export import parity_check
     from desertseg.models import build_model
+    from desertseg.runtime import onnx_session
 
     torch.manual_seed(0)
     other = build_model("unet_mobilenet_v2", 10, pretrained=False)

@@ -199,3 +199,26 @@ def test_cli_resume_after_kill_9_matches_an_uninterrupted_run(tiny_run, unseen_d
     assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == files  # no temp files either
     for f in files:
         assert (out / f).read_bytes() == (ref / f).read_bytes(), f
+
+
+def test_pipelined_run_writes_what_the_serial_run_writes(predictor, inputs, tmp_path):
+    folder, stems = inputs
+    serial = predict_paths(predictor, [folder], tmp_path / "serial", batch_size=2, progress=False, workers=0)
+    piped = predict_paths(predictor, [folder], tmp_path / "piped", batch_size=2, progress=False, workers=1)
+    assert (serial.written, len(serial.errors)) == (piped.written, len(piped.errors)) == (3, 1)
+    assert "broken.png" in piped.errors[0]
+    files = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*.png"))
+    assert files == sorted(p.relative_to(tmp_path / "piped") for p in (tmp_path / "piped").rglob("*.png")) and len(files) >= 3 * 3
+    for f in files:
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "serial" / f)), np.asarray(Image.open(tmp_path / "piped" / f))), f
+
+
+def test_a_failing_write_in_the_pipeline_raises_in_the_caller(predictor, inputs, tmp_path, monkeypatch):
+    import desertseg.outputs as outputs
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs, "write_outputs", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        predict_paths(predictor, [inputs[0]], tmp_path / "out", batch_size=1, progress=False, workers=1)

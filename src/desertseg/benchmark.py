@@ -23,6 +23,7 @@ from .data import DataError, read_image
 from .samples import IMAGE_SUFFIXES
 
 FIELDS = ("requested_backend", "model_file", "backend", "batch", "input_size", "images", "latency_ms", "batch_latency_ms", "images_per_s", "stage_ms_per_image", "peak_rss_mb", "cuda_peak_mb")
+# Rows also carry "speedup_vs_published" and "unseen_miou" when run_benchmark is asked for them.
 # Where the shared real data lives beside a checkout (as the tests find it).
 SHARED_TEST_IMAGES = Path("duality_sample") / "Offroad_Segmentation_testImages" / "Color_Images"
 
@@ -73,8 +74,76 @@ def _stats(values_s: list[float]) -> dict:
     return {"p50": round(float(np.percentile(ms, 50)), 2), "p90": round(float(np.percentile(ms, 90)), 2), "mean": round(float(ms.mean()), 2), "min": round(float(ms.min()), 2)}
 
 
-def run_config(predictor, paths: Sequence[Path], batch: int, batches: int) -> dict:
-    """Time ``batches`` batches of ``batch`` images (after one warm-up batch) end to end."""
+class PublishedPath:
+    """The published system's inference path, for ratios measured in the same run: PIL decode,
+    PIL bilinear resize to 256x256, ToTensor (plain [0, 1] input, as it trains), torchvision
+    DeepLabV3-ResNet50 in float32 eager, argmax at 256x256, nearest resize back. Untrained
+    weights unless ``checkpoint`` (a ``deeplabv3_resnet50`` model file) is given: the time is
+    the same, the mIoU is only meaningful with trained weights.
+    """
+
+    backend = "published"
+    input_size = (256, 256)
+
+    def __init__(self, checkpoint: Path | str | None = None):
+        from .checkpoint import load_model
+        from .models import build_model
+        from .predict import Timing
+
+        if checkpoint is not None:
+            self.model, meta = load_model(checkpoint)
+            if meta.get("model") != "deeplabv3_resnet50":
+                raise ValueError(f"{checkpoint}: the published path is a deeplabv3_resnet50 model, got {meta.get('model')}")
+        else:
+            self.model = build_model("deeplabv3_resnet50", 10, pretrained=False)
+        self.model.eval()
+        self.trained = checkpoint is not None
+        self.device, self.timing, self.metadata = torch.device("cpu"), Timing(), {"model": "deeplabv3_resnet50", "path": str(checkpoint) if checkpoint else None}
+
+    @staticmethod
+    def decode(path: Path) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list:
+        from types import SimpleNamespace
+
+        from PIL import Image
+        from torchvision.transforms import functional as TF
+
+        out = []
+        for image in images:
+            t0 = time.perf_counter()
+            x = TF.to_tensor(Image.fromarray(image).resize(self.input_size[::-1], Image.BILINEAR))[None]
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                pred = self.model(x).argmax(1)[0].to(torch.uint8).numpy()
+            t2 = time.perf_counter()
+            out.append(SimpleNamespace(mask=np.asarray(Image.fromarray(pred).resize(image.shape[1::-1], Image.NEAREST))))
+            self.timing.preprocess += t1 - t0
+            self.timing.model += t2 - t1
+            self.timing.postprocess += time.perf_counter() - t2
+        return out
+
+
+def miou(predictor, samples: Sequence, decode=read_image) -> dict:
+    """All-10 and present-class mIoU of ``predictor`` on labelled Duality ``samples`` at full resolution."""
+    from .classes import NUM_CLASSES, raw_to_index
+    from .data import read_mask
+    from .metrics import confusion_matrix, summarize
+
+    cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    for s in samples:
+        cm += confusion_matrix(predictor.predict_batch([decode(s.image)])[0].mask, raw_to_index(read_mask(s.mask)))
+    r = summarize(cm)
+    return {"miou_all": round(r["miou_all"], 4), "miou_present": round(r["miou_present"], 4), "images": len(samples)}
+
+
+def run_config(predictor, paths: Sequence[Path], batch: int, batches: int, read=read_image) -> dict:
+    """Time ``batches`` batches of ``batch`` images (after one warm-up batch) end to end, each
+    image read from its file by ``read``."""
     cycle = [paths[i % len(paths)] for i in range((batches + 1) * batch)]
     groups = [cycle[i * batch : (i + 1) * batch] for i in range(batches + 1)]
     cuda = predictor.device.type == "cuda"
@@ -87,7 +156,7 @@ def run_config(predictor, paths: Sequence[Path], batch: int, batches: int) -> di
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        images = [read_image(p) for p in group]
+        images = [read(p) for p in group]
         t1 = time.perf_counter()
         masks = [p.mask for p in predictor.predict_batch(images)]
         if cuda:
@@ -125,9 +194,16 @@ def run_benchmark(
     device: str | None = None,
     bf16: bool = False,
     compile: bool = False,
+    published: bool = False,
+    published_checkpoint: Path | str | None = None,
+    miou_samples: Sequence | None = None,
 ) -> dict:
     """Benchmark each backend x batch size on ``paths``; ``images`` timed images per configuration
-    (rounded up to whole batches). ``size`` = (H, W) overrides the model's input size."""
+    (rounded up to whole batches). ``size`` = (H, W) overrides the model's input size.
+
+    ``published``: also time :class:`PublishedPath` at batch 1 and give every row its p50
+    ratio to it (``speedup_vs_published``). ``miou_samples``: labelled samples (e.g. the unseen
+    split) scored by each path at full resolution (``unseen_miou``)."""
     from .checkpoint import default_model_path
     from .predict import Predictor
     from .runtime import describe_device
@@ -143,7 +219,17 @@ def run_benchmark(
         meta, where = predictor.metadata, describe_device(predictor.device)
         for b in batch_sizes:
             results.append({"requested_backend": backend, "model_file": meta.get("path"), **run_config(predictor, paths, b, max(1, math.ceil(images / b)))})
+        if miou_samples:
+            results[-1]["unseen_miou"] = miou(predictor, miou_samples)
         del predictor
+    if published:
+        seed = PublishedPath(published_checkpoint)
+        row = {"requested_backend": "published", "model_file": seed.metadata["path"], **run_config(seed, paths, 1, images, read=seed.decode)}
+        if miou_samples:
+            row["unseen_miou"] = miou(seed, miou_samples, decode=seed.decode) if seed.trained else None
+        for r in results:
+            r["speedup_vs_published"] = round(row["latency_ms"]["p50"] / r["latency_ms"]["p50"], 2)
+        results.append(row)
     first = read_image(paths[0])
     return {
         "checkpoint": str(checkpoint) if checkpoint is not None else str(default_model_path()),
@@ -168,19 +254,23 @@ def _version(module: str) -> str | None:
         return None
 
 
+def _miou_text(m: dict | None) -> str:
+    return f"{m['miou_all']:.4f} / {m['miou_present']:.4f}" if m else "n/a"
+
+
 def format_table(report: dict) -> str:
     """The results as a Markdown table."""
     lines = [
         f"Model {report['model']} ({report['checkpoint']}) on {report['device']}, {report['image_size'][1]}x{report['image_size'][0]} images",
         "",
-        "| backend | batch | input | p50 ms/img | p90 ms/img | img/s | decode | preprocess | model | postprocess | peak RSS MB | CUDA peak MB |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| backend | batch | input | p50 ms/img | p90 ms/img | img/s | decode | preprocess | model | postprocess | x published | unseen mIoU all/present | peak RSS MB | CUDA peak MB |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         s = r["stage_ms_per_image"]
         h, w = r["input_size"]
         lines.append(
             f"| {r['backend']} | {r['batch']} | {w}x{h} | {r['latency_ms']['p50']:.1f} | {r['latency_ms']['p90']:.1f} | {r['images_per_s']:.1f} | "
-            f"{s['decode']:.1f} | {s['preprocess']:.1f} | {s['model']:.1f} | {s['postprocess']:.1f} | {r['peak_rss_mb'] if r['peak_rss_mb'] is not None else 'n/a'} | {r['cuda_peak_mb'] if r['cuda_peak_mb'] is not None else 'n/a'} |"
+            f"{s['decode']:.1f} | {s['preprocess']:.1f} | {s['model']:.1f} | {s['postprocess']:.1f} | {r.get('speedup_vs_published', 'n/a')} | {_miou_text(r.get('unseen_miou'))} | {r['peak_rss_mb'] if r['peak_rss_mb'] is not None else 'n/a'} | {r['cuda_peak_mb'] if r['cuda_peak_mb'] is not None else 'n/a'} |"
         )
     return "\n".join(lines)

@@ -111,7 +111,7 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N images."),
     backend: str = typer.Option(
         "auto",
-        help="Inference backend: auto (onnxruntime for an .onnx file, PyTorch for a .safetensors file: the faster one on CPU here), torch or onnx (reuses an export of the same file lying beside it).",
+        help="Inference backend: auto (the fastest path that passes the parity guard: on a CPU the int8 export beside the model file when there is one, else PyTorch; onnxruntime for an .onnx file), torch, onnx or int8 (the float32 / int8 export of the same file lying beside it).",
     ),
     report: Optional[Path] = typer.Option(None, help="Folder for a self-contained HTML report (report.html) and its PNG figures."),
     run: Optional[Path] = typer.Option(None, help="Training run folder whose curves are added to the report (needs --report)."),
@@ -133,7 +133,7 @@ def evaluate(
     for p in problems:
         typer.echo(f"warning: {p}", err=True)
     predictor = _predictor(checkpoint, device, flip, scales, sliding_window, backend)
-    typer.echo(f"Model: {predictor.name} on {predictor.device}", err=True)
+    typer.echo(f"Model: {predictor.name} on {predictor.describe_device()}", err=True)
     result = run_eval(predictor, samples[:limit] if limit else samples, protocol=protocol, fmt=fmt)
     typer.echo(format_table(result) if fine else format_coarse_table(result))
     if out is not None:
@@ -148,10 +148,17 @@ def evaluate(
 
 @app.command()
 def info(checkpoint: Optional[Path] = typer.Argument(None, help="Model file; the bundled default model when omitted.")) -> None:
-    """Show a model file's metadata: model, classes, input size, training config and metrics."""
+    """Show a model file's metadata (model, classes, input size, training config and metrics) and the path `predict` takes here by default."""
     from .checkpoint import default_model_path, read_metadata
+    from .predict import resolve_backend
+    from .runtime import pick_device
 
-    typer.echo(json.dumps(read_metadata(checkpoint or default_model_path()), indent=2))
+    path = checkpoint or default_model_path()
+    meta = read_metadata(path)
+    device = pick_device(None)
+    backend, file = resolve_backend(path, "auto", device)
+    meta["default_inference"] = {"device": device.type, "backend": backend, "file": str(file)}
+    typer.echo(json.dumps(meta, indent=2))
 
 
 @app.command()
@@ -210,22 +217,23 @@ def predict(
     coarse: bool = typer.Option(False, help="Also write the coarse-group view (sky, tall and low vegetation, traversable ground, obstacle)."),
     backend: str = typer.Option(
         "auto",
-        help="Inference backend: auto (onnxruntime for an .onnx file, PyTorch for a .safetensors file: the faster one on CPU here), torch or onnx (reuses an export of the same file lying beside it).",
+        help="Inference backend: auto (the fastest path that passes the parity guard: on a CPU the int8 export beside the model file when there is one, else PyTorch; onnxruntime for an .onnx file), torch, onnx or int8 (the float32 / int8 export of the same file lying beside it).",
     ),
     cost_map: bool = typer.Option(False, help="Also write an 8-bit traversability cost map per image (0 free ... 254 lethal, 255 unknown; costs per class in desertseg.coarse)."),
     recursive: bool = typer.Option(False, help="Search folders recursively; outputs keep the sub-folders (index/day1/a.png, index/day2/a.png)."),
     resume: bool = typer.Option(
         False, help="Continue an interrupted run into the same --out: skip images whose requested outputs all exist, remove temporary files the interruption left (videos are segmented again)."
     ),
+    workers: int = typer.Option(1, min=0, help="Background threads that decode the next images and write the last outputs while the model runs (0: one step at a time)."),
 ) -> None:
     """Segment images and videos: class-index, raw-id, colour, overlay and confidence masks at each image's own size, overlay videos with per-frame class shares."""
     from .outputs import check_out_dir, predict_paths
 
     check_out_dir(out, overwrite or resume)
     predictor = _predictor(checkpoint, device, flip, scales, sliding_window, backend)
-    typer.echo(f"Model: {predictor.name} on {predictor.device}", err=True)
+    typer.echo(f"Model: {predictor.name} on {predictor.describe_device()}", err=True)
     summary = predict_paths(
-        predictor, inputs, out, opacity=opacity, confidence=confidence, batch_size=batch_size, overwrite=overwrite, coarse=coarse, cost=cost_map, recursive=recursive, resume=resume
+        predictor, inputs, out, opacity=opacity, confidence=confidence, batch_size=batch_size, overwrite=overwrite, coarse=coarse, cost=cost_map, recursive=recursive, resume=resume, workers=workers
     )
     typer.echo(f"Wrote outputs of {summary.written} images and {summary.videos} videos to {out}")
     if resume:
@@ -254,13 +262,17 @@ def _csv(text: str, kind, name: str) -> list:
 def export(
     checkpoint: Optional[Path] = typer.Option(None, help="Model file (.safetensors); the bundled default model when omitted."),
     format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
-    out: Optional[Path] = typer.Option(None, help="Output .onnx file; default: beside the checkpoint with the same name, where `--backend onnx` reuses it."),
-    check_images: List[str] = typer.Option([], "--check-images", help="Real images (files, folders or quoted glob patterns) for the parity check against PyTorch; repeatable."),
+    precision: str = typer.Option("float32", help="float32, or int8: static quantization that must pass the parity guard on --check-data."),
+    out: Optional[Path] = typer.Option(None, help="Output file; default: beside the checkpoint as <stem>.onnx (float32) or <stem>.int8.onnx, where the predictor finds it."),
+    check_images: List[str] = typer.Option([], "--check-images", help="float32: real images (files, folders or quoted glob patterns) for the parity check against PyTorch; repeatable."),
     check_count: int = typer.Option(4, min=1, help="How many of the --check-images to use (one batch)."),
+    calibration_images: List[str] = typer.Option([], "--calibration-images", help="int8: real training images (files, folders, globs) to calibrate activation ranges on; repeatable."),
+    calibration_count: int = typer.Option(32, min=1, help="int8: how many calibration images, spread evenly over those given."),
+    check_data: List[Path] = typer.Option([], "--check-data", help="int8: labelled split folders (Color_Images + Segmentation) the guard scores at full resolution; repeatable."),
     opset: int = typer.Option(18, min=17, help="ONNX opset version (>= 17)."),
-    no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check (not recommended)."),
+    no_check: bool = typer.Option(False, "--no-check", help="float32: skip the parity check (not recommended)."),
 ) -> None:
-    """Export a model to ONNX (dynamic batch/height/width, normalisation inside, class metadata in metadata_props) and check it against PyTorch on real images."""
+    """Export a model to ONNX (dynamic batch/height/width, normalisation inside, class metadata in metadata_props), checked against PyTorch on real images; with --precision int8, quantized and kept only if it passes the parity guard."""
     from .benchmark import find_images
     from .checkpoint import default_model_path
     from .data import read_image
@@ -268,9 +280,13 @@ def export(
 
     if format.lower() != "onnx":
         _fail(f"unsupported --format {format!r}; only onnx is supported")
+    if precision not in ("float32", "int8"):
+        _fail(f"unsupported --precision {precision!r}; choose float32 or int8")
+    checkpoint = checkpoint or default_model_path()
+    if precision == "int8":
+        return _export_int8(checkpoint, out, calibration_images, calibration_count, check_data)
     if not check_images and not no_check:
         _fail("the parity check needs real images: pass --check-images FOLDER (e.g. a Color_Images folder) or --no-check to skip it")
-    checkpoint = checkpoint or default_model_path()
     out = out or checkpoint.with_suffix(".onnx")
     images = [read_image(p) for p in find_images(check_images, check_count)] if not no_check else None
     typer.echo(f"Exporting {checkpoint} to ONNX (opset {opset}) ...", err=True)
@@ -279,6 +295,32 @@ def export(
     if parity is not None:
         sizes = ", ".join(f"{w}x{h}" for h, w in parity.sizes)
         typer.echo(f"Parity with PyTorch on {parity.images} real images at {sizes}: max |logit difference| {parity.max_abs_logit_diff:.3g}, argmax agreement {parity.argmax_agreement:.4%} (OK)")
+
+
+def _export_int8(checkpoint: Path, out: Optional[Path], calibration_images: List[str], count: int, check_data: List[Path]) -> None:
+    from .benchmark import find_images
+    from .data import read_image
+    from .quantize import export_int8, read_check_sets
+    from .runtime import EXPORT_SUFFIXES
+
+    if not calibration_images or not check_data:
+        _fail("int8 export needs --calibration-images (training images) and --check-data (labelled splits, e.g. val and an unseen environment) for the parity guard")
+    paths = find_images(calibration_images)
+    paths = paths[:: max(1, len(paths) // count)][:count]
+    check_sets, errors = read_check_sets(check_data)
+    for e in errors:
+        typer.echo(f"warning: skipped {e}", err=True)
+    out = out or checkpoint.with_name(checkpoint.stem + EXPORT_SUFFIXES["int8"])
+    typer.echo(f"Quantizing {checkpoint} to int8, calibrated on {len(paths)} images; guard on {', '.join(f'{c.name} ({len(c.pairs)} pairs)' for c in check_sets)} ...", err=True)
+    path, q = export_int8(checkpoint, out, [read_image(p) for p in paths], check_sets, log=lambda m: typer.echo(m, err=True))
+    kept = ", ".join(b["block"] for b in q["float_blocks"]) or "none"
+    typer.echo(f"Wrote {path} ({path.stat().st_size / 2**20:.1f} MB); blocks kept float ({len(q['float_blocks'])} of {q['blocks']}): {kept}")
+    for name, r in q["guard"]["sets"].items():
+        typer.echo(
+            f"  {name}: agreement {r['agreement']:.2%}, mIoU all {r['miou_all_float32']:.4f} -> {r['miou_all_int8']:.4f}, present {r['miou_present_float32']:.4f} -> {r['miou_present_int8']:.4f}"
+        )
+    if errors:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -293,6 +335,9 @@ def benchmark(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
     bf16: bool = typer.Option(False, help="torch backend: bf16 autocast where it agrees with float32 and is faster."),
     compile: bool = typer.Option(False, "--compile", help="torch backend: torch.compile the model."),
+    published: bool = typer.Option(False, help="Also time the published system's path (DeepLabV3-ResNet50 256x256, PIL, float32) and give each row its ratio to it."),
+    published_checkpoint: Optional[Path] = typer.Option(None, help="Trained deeplabv3_resnet50 model file for the published path (its mIoU); untrained weights time it the same."),
+    miou_data: Optional[Path] = typer.Option(None, help="A labelled split folder (Color_Images + Segmentation) each path also scores at full resolution, e.g. the unseen environment."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON results to this file."),
 ) -> None:
     """End-to-end latency on real images (decode -> preprocess -> model -> full-resolution mask): p50/p90, images/s, stage times, peak memory."""
@@ -311,7 +356,28 @@ def benchmark(
             _fail("no images to benchmark: pass --data FOLDER (e.g. a Color_Images folder of 960x540 PNGs)")
         data = [str(found)]
     paths = find_images(data)
-    report = run_benchmark(checkpoint, paths, backends, batches, parse_size(size) if size else None, images, threads, device, bf16, compile)
+    samples = None
+    if miou_data is not None:
+        from .samples import find_samples
+
+        samples, problems = find_samples(miou_data)
+        for p in problems:
+            typer.echo(f"warning: {p}", err=True)
+    report = run_benchmark(
+        checkpoint,
+        paths,
+        backends,
+        batches,
+        parse_size(size) if size else None,
+        images,
+        threads,
+        device,
+        bf16,
+        compile,
+        published=published or published_checkpoint is not None,
+        published_checkpoint=published_checkpoint,
+        miou_samples=samples,
+    )
     text = json.dumps(report, indent=2)
     typer.echo(format_table(report))
     typer.echo(text)

@@ -13,7 +13,6 @@ Shape:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import warnings
@@ -26,14 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import META_KEY, CheckpointError, input_normalisation, load_model
-from .errors import MissingExtra
-from .io import atomic_write
+from .checkpoint import META_KEY, input_normalisation, load_model
+from .io import atomic_write, file_sha256
 from .models import PadToMultiple
+from .runtime import onnx_session, session_metadata
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-INSTALL_HINT = "onnxruntime is not installed; install it with `pip install desertseg[onnx]`"
 # Argmax agreement below this share of pixels fails an export.
 MIN_AGREEMENT = 0.999
 
@@ -68,23 +66,6 @@ class ExportGraph(nn.Module):
         ph = (self.multiple - h % self.multiple) % self.multiple
         pw = (self.multiple - w % self.multiple) % self.multiple
         return self.model(F.pad(x, (0, pw, 0, ph), mode="replicate"))[..., :h, :w]
-
-
-def require_onnxruntime():
-    """Import onnxruntime, or fail with how to install it."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingExtra(INSTALL_HINT) from None
-    return onnxruntime
-
-
-def file_sha256(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def to_onnx_bytes(model: nn.Module, metadata: dict, opset: int = OPSET, example_size: tuple[int, int] | None = None) -> tuple[bytes, str]:
@@ -135,39 +116,6 @@ def to_onnx_bytes(model: nn.Module, metadata: dict, opset: int = OPSET, example_
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, {META_KEY: json.dumps(meta)})
     return proto.SerializeToString(), exporter
-
-
-def onnx_session(model: Path | str | bytes, device: str = "cpu", threads: int | None = None):
-    """An onnxruntime session for an ``.onnx`` file (or its bytes), ``threads`` intra-op threads
-    (default: torch's thread count, so both backends use the same CPU share)."""
-    ort = require_onnxruntime()
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads or torch.get_num_threads())
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise MissingExtra("the onnx backend on cuda needs onnxruntime-gpu (CUDAExecutionProvider is not available); use --backend torch on GPUs")
-        providers = ["CUDAExecutionProvider", *providers]
-    src = model if isinstance(model, bytes) else str(model)
-    try:
-        return ort.InferenceSession(src, so, providers=providers)
-    except Exception as e:
-        name = "ONNX model" if isinstance(model, bytes) else model
-        raise CheckpointError(name, f"onnxruntime cannot load it ({type(e).__name__}: {str(e)[:300]})") from None
-
-
-def session_metadata(session, path: Path | str) -> dict:
-    """The desertseg metadata stored in an ONNX model's ``metadata_props``."""
-    props = session.get_modelmeta().custom_metadata_map
-    if META_KEY not in props:
-        raise CheckpointError(path, "ONNX model has no desertseg metadata; export it with `desertseg export`")
-    try:
-        return json.loads(props[META_KEY])
-    except json.JSONDecodeError as e:
-        raise CheckpointError(path, f"ONNX metadata is not valid JSON ({e})") from None
 
 
 @dataclass
@@ -233,20 +181,3 @@ def export_onnx(checkpoint: Path | str, out: Path | str, check_images: Sequence[
             )
     atomic_write(out, lambda tmp: tmp.write_bytes(data))
     return out, parity, exporter
-
-
-def sibling_onnx(checkpoint: Path | str) -> Path | None:
-    """An ``.onnx`` file beside ``checkpoint`` exported from exactly this file (sha256 checked)."""
-    checkpoint = Path(checkpoint)
-    candidate = checkpoint.with_suffix(".onnx")
-    if not candidate.is_file():
-        return None
-    try:
-        import onnx
-
-        proto = onnx.load(str(candidate), load_external_data=False)
-        props = {p.key: p.value for p in proto.metadata_props}
-        source = json.loads(props.get(META_KEY, "{}")).get("source_sha256")
-    except Exception:
-        return None
-    return candidate if source and source == file_sha256(checkpoint) else None

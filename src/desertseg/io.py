@@ -7,6 +7,7 @@ crash, a kill or a full disk never leaves a half-written file under the real nam
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -33,3 +34,11 @@ def atomic_write(path: Path | str, write: Callable[[Path], object], suffix: str 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def file_sha256(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -36,8 +36,9 @@ import numpy as np
 from PIL import Image
 
 from .classes import colorize, index_to_raw
-from .data import DataError, read_image
+from .data import DataError
 from .io import atomic_write
+from .pipeline import Pipeline
 from .samples import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
@@ -187,6 +188,7 @@ def predict_paths(
     cost: bool = False,
     recursive: bool = False,
     resume: bool = False,
+    workers: int = 1,
 ) -> Summary:
     """Segment every image and video in ``inputs`` with ``predictor`` and write the outputs.
 
@@ -201,6 +203,8 @@ def predict_paths(
         recursive: search folder inputs recursively; outputs keep the relative sub-folders.
         resume: skip images whose requested outputs all exist (counted in ``skipped``) and
             remove temporary files left by a killed run; videos are segmented again.
+        workers: background threads that decode the next images and write the last outputs
+            while the model runs (0: every step in turn, in this thread).
 
     Returns a :class:`Summary`; inputs that could not be read are listed in ``errors``.
     """
@@ -217,31 +221,34 @@ def predict_paths(
     if resume:
         remove_temporary_files(out_dir)
 
-    with tqdm(total=len(images), desc="predict", unit="img", disable=not progress or not images) as bar:
+    todo = []
+    for path, name in images:
+        if resume and all(p.exists() for p in output_paths(out_dir, name, confidence, coarse, cost).values()):
+            summary.skipped += 1
+        else:
+            todo.append((path, name))
+    with tqdm(total=len(images), initial=summary.skipped, desc="predict", unit="img", disable=not progress or not images) as bar, Pipeline(workers) as pipe:
 
-        def run(batch: list[tuple[str, np.ndarray]]) -> None:
-            preds = predictor.predict_batch([im for _, im in batch], return_probs=confidence)
+        def write(batch: list[tuple[str, np.ndarray]], preds) -> None:
             for (name, image), pred in zip(batch, preds):
                 write_outputs(out_dir, name, image, pred.mask, opacity, pred.confidence if confidence else None, coarse, cost)
-                summary.written += 1
-                bar.update(1)
 
-        batch: list[tuple[str, np.ndarray]] = []  # at most batch_size decoded images at a time
-        for path, name in images:
-            if resume and all(p.exists() for p in output_paths(out_dir, name, confidence, coarse, cost).values()):
-                summary.skipped += 1
+        def done(batch) -> None:
+            summary.written += len(batch)
+            bar.update(len(batch))
+
+        batch: list[tuple[str, np.ndarray]] = []  # decoded images waiting for the model
+        for name, image in pipe.decoded(todo, lookahead=2 * batch_size):
+            if isinstance(image, DataError):
+                summary.errors.append(str(image))
                 bar.update(1)
                 continue
-            try:
-                batch.append((name, read_image(path)))
-            except DataError as e:
-                summary.errors.append(str(e))
-                bar.update(1)
+            batch.append((name, image))
             if len(batch) == batch_size:
-                run(batch)
+                pipe.write(write, batch, predictor.predict_batch([im for _, im in batch], return_probs=confidence), done)
                 batch = []
         if batch:
-            run(batch)
+            pipe.write(write, batch, predictor.predict_batch([im for _, im in batch], return_probs=confidence), done)
 
     if videos:
         from .video import predict_video

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import default_model_path, input_normalisation, load_model
+from .checkpoint import CheckpointError, default_model_path, input_normalisation, load_model
 from .runtime import (
     OnnxRunner,
     TorchRunner,
@@ -32,7 +32,11 @@ from .runtime import (
     _resize,
     check_backend,
     describe_device,
+    find_export,
+    onnx_session,
     pick_device,
+    require_onnxruntime,
+    session_metadata,
     upsample_argmax,
 )
 
@@ -73,8 +77,9 @@ class Predictor:
         scales: test-time multi-scale factors of the input size, e.g. ``(0.75, 1.0, 1.25)``.
         sliding_window: run at the image's own resolution in overlapping windows of the
             model's input size (for images larger than the training size).
-        backend: ``"torch"``, ``"onnx"`` or ``"auto"``: onnx for an onnxruntime session,
-            torch for a module (see :meth:`from_checkpoint` for how files pick one).
+        backend: ``"torch"``, ``"onnx"``, ``"int8"`` or ``"auto"``: onnx for an onnxruntime
+            session (int8 when its metadata says so), torch for a module (see
+            :meth:`from_checkpoint` for how files pick one).
         bf16: bfloat16 autocast for the torch backend, where it agrees and is faster.
         compile: ``torch.compile`` the network (torch backend).
     """
@@ -98,15 +103,14 @@ class Predictor:
             if backend == "torch":
                 raise ValueError("an ONNX model runs only with backend 'onnx'; load the .safetensors model file for the torch backend")
             self.model, self.runner = model, OnnxRunner(model)
-        elif backend == "onnx":
-            from .export import onnx_session, to_onnx_bytes
-
-            session = onnx_session(to_onnx_bytes(model, metadata)[0], self.device.type)
-            self.model, self.runner = session, OnnxRunner(session)
+        elif backend in ("onnx", "int8"):
+            # Never an export behind the caller's back: `desertseg export` writes (and checks) one.
+            raise ValueError(f"backend '{backend}' runs an onnxruntime session of an exported model; export it with `desertseg export` and pass the session, or use Predictor.from_checkpoint")
         else:
             self.model = model.eval().to(self.device)
             self.runner = TorchRunner(self.model, self.device, mean, std, bf16=bf16, compile=compile)
-        self.backend = self.runner.name
+        self.precision = str(metadata.get("precision", "float32"))
+        self.backend = "int8" if self.precision == "int8" else self.runner.name
         self.metadata = metadata
         self.input_size: tuple[int, int] = tuple(metadata["input_size"])  # (H, W)
         self.num_classes = int(metadata["num_classes"])
@@ -120,43 +124,25 @@ class Predictor:
         """Load a release model file, ``.safetensors`` or ``.onnx``; ``None`` means the bundled
         default model.
 
-        ``backend="auto"`` (the default) runs an ``.onnx`` file with onnxruntime and a
-        ``.safetensors`` file with PyTorch (conv+BN folded, channels_last), which measured
-        faster than onnxruntime for the default model on a 2-core x86 CPU (58.6 vs 64.5 ms p50
-        end to end, `desertseg benchmark --backend torch,onnx`). ``backend="onnx"`` with a
-        ``.safetensors`` file uses ``<stem>.onnx`` beside it when that is an export of exactly
-        this file (sha256 recorded at export), and exports in memory otherwise.
+        Backends for a ``.safetensors`` file: ``"torch"`` runs it in PyTorch (conv+BN folded,
+        channels_last); ``"onnx"`` and ``"int8"`` run the float32 (``<stem>.onnx``) or int8
+        (``<stem>.int8.onnx``) export lying beside it, used only when it was exported from
+        exactly this file (sha256 recorded at export) and, for int8, passed the parity guard
+        (:mod:`desertseg.quantize`); without one they fail with the command that writes it.
+        ``"auto"`` (the default) takes the fastest path that passes the guard: on a CPU the
+        int8 export when there is one, else PyTorch. An ``.onnx`` file runs in onnxruntime.
         """
-        from .export import (
-            onnx_session,
-            require_onnxruntime,
-            session_metadata,
-            sibling_onnx,
-        )
-
         path = Path(path) if path is not None else default_model_path()
-        backend = check_backend(kwargs.pop("backend", "auto"))
         device = pick_device(kwargs.get("device"))
-        onnx_path = None
-        if path.suffix.lower() == ".onnx":
-            if backend == "torch":
-                raise ValueError(f"{path}: an ONNX model runs only with backend 'onnx'; pass the .safetensors model file for the torch backend")
-            onnx_path = path
-        elif backend == "onnx":
-            # Reuse an export of exactly this file when one lies beside it (sha256 checked).
-            require_onnxruntime()
-            onnx_path = sibling_onnx(path)
-        if onnx_path is not None:
-            if not onnx_path.is_file():
-                from .checkpoint import CheckpointError
-
-                raise CheckpointError(onnx_path, "model file not found")
-            session = onnx_session(onnx_path, device.type)
-            meta = {**session_metadata(session, onnx_path), "path": str(onnx_path)}
-            return cls(session, meta, backend="onnx", **kwargs)
-        model, meta = load_model(path)
-        meta = {**meta, "path": str(path)}
-        return cls(model, meta, backend="onnx" if backend == "onnx" else "torch", **kwargs)
+        backend, path = resolve_backend(path, kwargs.pop("backend", "auto"), device)
+        if backend == "torch":
+            model, meta = load_model(path)
+            return cls(model, {**meta, "path": str(path)}, backend="torch", **kwargs)
+        session = onnx_session(path, device.type)
+        meta = {**session_metadata(session, path), "path": str(path)}
+        if backend == "int8" and meta.get("precision") != "int8":
+            raise ValueError(f"{path}: backend 'int8' needs an int8 export (`desertseg export --precision int8`); this file is {meta.get('precision', 'float32')}")
+        return cls(session, meta, backend="onnx", **kwargs)
 
     @property
     def name(self) -> str:
@@ -164,7 +150,8 @@ class Predictor:
 
     def describe_device(self) -> str:
         """Where and how the model runs, e.g. ``cpu (x86_64, 2 threads), onnxruntime``."""
-        return f"{describe_device(self.device)}, {'onnxruntime' if self.backend == 'onnx' else 'pytorch'}"
+        engine = {"onnx": "onnxruntime", "int8": "onnxruntime int8"}.get(self.backend, "pytorch")
+        return f"{describe_device(self.device)}, {engine}"
 
     def _batch(self, images: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
         """``(N, 3, h, w)`` float in [0, 1] at ``size``: torch's uint8 antialiased bilinear
@@ -260,6 +247,27 @@ class Predictor:
     def predict(self, image: np.ndarray, return_probs: bool = False) -> Prediction:
         """Segment one ``(H, W, 3)`` uint8 RGB image."""
         return self.predict_batch([image], return_probs)[0]
+
+
+def resolve_backend(path: Path, backend: str, device: torch.device) -> tuple[str, Path]:
+    """``(backend, file to load)`` for a model file and a requested backend, as
+    :meth:`Predictor.from_checkpoint` documents it; ``auto`` resolves to what runs."""
+    check_backend(backend)
+    if path.suffix.lower() == ".onnx":
+        if backend == "torch":
+            raise ValueError(f"{path}: an ONNX model runs only with backend 'onnx'; pass the .safetensors model file for the torch backend")
+        return backend if backend != "auto" else "onnx", path
+    if backend == "torch" or (backend == "auto" and device.type != "cpu"):
+        return "torch", path
+    if backend != "auto":
+        require_onnxruntime()
+    found = find_export(path, "float32" if backend == "onnx" else "int8")
+    if found is not None:
+        return "onnx" if backend == "onnx" else "int8", found
+    if backend == "auto":
+        return "torch", path
+    how = "desertseg export --precision int8 --checkpoint {} --calibration-images TRAIN_IMAGES --check-data LABELLED_SPLIT" if backend == "int8" else "desertseg export --checkpoint {}"
+    raise CheckpointError(path, f"no {backend} export of this file beside it; write one with `{how.format(path)}`")
 
 
 def _starts(total: int, window: int) -> list[int]:
