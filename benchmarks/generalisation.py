@@ -54,10 +54,10 @@ def run_fold(config, data: Path, held_out: str, out: Path, threads: int, flip: b
     ``flip`` / ``scales``: test-time augmentation, reusing a model already trained)."""
     import torch
 
-    from desertseg.evaluate import evaluate
+    from desertseg.evaluation import evaluate
     from desertseg.predict import Predictor
     from desertseg.splits import make_splits, write_split_file
-    from desertseg.train import train
+    from desertseg.training import train
 
     config.train_split, config.val_split = str(out / "train_split.json"), "none"
     tag = tta_tag(flip, scales)

@@ -57,13 +57,13 @@ def main() -> None:
     launch = {"accelerator": "gpu" if cuda else "cpu", "devices": 1, "progress": False}
 
     def train_two():
-        from desertseg.train import train
+        from desertseg.training import train
 
         result = train(config, args.data, out, **launch)
         return {"precision": precision, "result": result}
 
     def resume_third():
-        from desertseg.train import train
+        from desertseg.training import train
 
         # Extend the finished run by one epoch: the resume path continues from last.ckpt.
         saved = out / "config.json"
@@ -76,7 +76,7 @@ def main() -> None:
         return {"result": result}
 
     def evaluate_val():
-        from desertseg.evaluate import evaluate
+        from desertseg.evaluation import evaluate
         from desertseg.predict import Predictor
         from desertseg.samples import find_samples
 

@@ -24,10 +24,10 @@ def run(preset: str, budget_min: float, data: Path, unseen: Path, out: Path, thr
     import torch
 
     from desertseg.config import load_config
-    from desertseg.evaluate import evaluate
+    from desertseg.evaluation import evaluate
     from desertseg.predict import Predictor
     from desertseg.samples import find_samples
-    from desertseg.train import train
+    from desertseg.training import train
 
     torch.set_num_threads(threads)
     # Each preset keeps its own schedule; the budget stops whichever runs longer.

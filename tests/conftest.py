@@ -77,7 +77,7 @@ def tiny_run(duality_root, tmp_path_factory) -> Path:
     import shutil
 
     from desertseg.config import load_config
-    from desertseg.train import train
+    from desertseg.training import train
 
     # Developers may reuse one tiny run across pytest sessions (never in CI).
     cached = os.environ.get("DESERTSEG_TINY_RUN")

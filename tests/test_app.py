@@ -59,7 +59,7 @@ def messages(at: AppTest) -> str:
 
 
 def test_scores_equal_evaluate_on_a_real_image(app, sample, tiny_run):
-    from desertseg.evaluate import evaluate
+    from desertseg.evaluation import evaluate
     from desertseg.predict import Predictor
 
     upload(app, (sample.image.name, sample.image.read_bytes()), (sample.mask.name, sample.mask.read_bytes()))

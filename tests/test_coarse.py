@@ -23,7 +23,7 @@ from desertseg.coarse import (
 )
 from desertseg.coarse_eval import format_coarse_table, write_coarse_results
 from desertseg.data import read_image, read_mask
-from desertseg.evaluate import evaluate
+from desertseg.evaluation import evaluate
 from desertseg.formats import get_format
 from desertseg.predict import Predictor
 from desertseg.samples import Sample, list_samples

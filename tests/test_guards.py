@@ -24,7 +24,7 @@ from desertseg.config import load_config
 from desertseg.engine import TrainingDiverged
 from desertseg.losses import SegmentationLoss
 from desertseg.report import read_metrics_csv
-from desertseg.train import train
+from desertseg.training import train
 
 TINY = {"model": "unet_mobilenet_v2", "pretrained": False, "size": "64x36", "batch_size": 2, "lr": 3e-3, "augment": {}, "loss": "ce", "class_weighting": "none", "scheduler": "none", "num_workers": 0}
 

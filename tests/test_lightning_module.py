@@ -15,7 +15,7 @@ from desertseg.lightning_module import OPTIMIZERS, SCHEDULERS, SegmentationModul
 from desertseg.losses import class_weights
 from desertseg.models import build_model, encoder_parameters
 from desertseg.samples import find_samples
-from desertseg.train import pixel_counts
+from desertseg.training import pixel_counts
 from desertseg.transforms import TrainTransform
 
 

@@ -4,7 +4,7 @@ import base64
 import re
 
 from desertseg.classes import CLASS_NAMES
-from desertseg.evaluate import evaluate
+from desertseg.evaluation import evaluate
 from desertseg.predict import Predictor
 from desertseg.report import write_report
 from desertseg.samples import list_samples

@@ -42,7 +42,7 @@ DRIVER = textwrap.dedent(
     from pathlib import Path
     from desertseg import data as D
     from desertseg.config import load_config
-    from desertseg.train import train
+    from desertseg.training import train
 
     data, out, log = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     if log != "-":

@@ -68,7 +68,7 @@ def train(
 ) -> None:
     """Train a model with a preset recipe (use --preset seed for the published system's recipe)."""
     from .config import load_config, merge_overrides
-    from .train import train as run_train
+    from .training import train as run_train
 
     num_workers = None if workers is None else int(workers) if workers.isdigit() else workers
     overrides = merge_overrides(
@@ -119,8 +119,8 @@ def evaluate(
 ) -> None:
     """Evaluate a model with one confusion matrix over the whole dataset, at full resolution."""
     from .coarse_eval import format_coarse_table, write_coarse_results
-    from .evaluate import evaluate as run_eval
-    from .evaluate import format_table, write_results
+    from .evaluation import evaluate as run_eval
+    from .evaluation import format_table, write_results
     from .formats import get_format
 
     if run is not None and report is None:

@@ -1,6 +1,6 @@
 """Tables and files of a coarse-group evaluation (another dataset's labels, e.g. real
 photographs, scored against the desert model in the shared groups of :mod:`desertseg.coarse`).
-The numbers come from the one evaluation loop, :func:`desertseg.evaluate.evaluate` with the
+The numbers come from the one evaluation loop, :func:`desertseg.evaluation.evaluate` with the
 dataset's format; this module only presents them: per-group metrics, the group confusion and
 what the model predicts for each of the dataset's labels.
 """

@@ -1,7 +1,7 @@
 """The machinery under training: deterministic data order and augmentation (whatever the
 worker and process count, resumed or not), RNG state in checkpoints, atomic checkpoint writes,
 a CSV logger that survives --resume, and quiet Lightning output. The LightningModule itself is
-:mod:`desertseg.lightning_module`; :mod:`desertseg.train` puts them together; nothing here is
+:mod:`desertseg.lightning_module`; :mod:`desertseg.training` puts them together; nothing here is
 needed to run a trained model.
 """
 

@@ -1,7 +1,7 @@
 """The LightningModule and LightningDataModule of training, and the optimiser and scheduler
 registries a preset names (``optimizer = "adamw"``, ``scheduler = "cosine"``).
 
-Imported by :mod:`desertseg.train` only; running a trained model never needs Lightning.
+Imported by :mod:`desertseg.training` only; running a trained model never needs Lightning.
 """
 
 from __future__ import annotations

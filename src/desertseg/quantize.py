@@ -221,7 +221,7 @@ def guard(float_masks: dict[str, list[np.ndarray]], int8_masks: dict[str, list[n
 
 def read_check_sets(folders: Sequence[Path]) -> tuple[list[CheckSet], list[str]]:
     """Labelled check sets from split folders (Duality layout); ``errors`` names unreadable files."""
-    from .evaluate import labelled_pairs
+    from .evaluation import labelled_pairs
     from .formats import get_format
     from .samples import find_samples
 

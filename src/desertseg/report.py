@@ -1,6 +1,6 @@
 """One self-contained HTML evaluation report (images embedded as base64 PNG) plus the PNGs.
 
-Built from the result of :func:`desertseg.evaluate.evaluate`: normalised confusion matrix,
+Built from the result of :func:`desertseg.evaluation.evaluate`: normalised confusion matrix,
 per-class IoU, ground-truth vs predicted class shares, the metrics table, comparison panels
 (image | ground truth | prediction | error map) for a sample and for the worst images by
 per-image mIoU, the class legend, and training curves when a run folder is given.
@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from .classes import CLASS_NAMES, CLASSES, colorize, raw_to_index
 from .data import DataError, read_image, read_mask, resize_image, resize_mask
-from .evaluate import format_table
+from .evaluation import format_table
 from .io import atomic_write
 from .visualize import error_map, legend_image
 
@@ -125,7 +125,7 @@ def _pick_sample(per_image: list[dict], n: int) -> list[dict]:
 
 
 def markdown_to_html(text: str) -> str:
-    """The small Markdown subset of :func:`desertseg.evaluate.format_table`: tables, bullets, lines."""
+    """The small Markdown subset of :func:`desertseg.evaluation.format_table`: tables, bullets, lines."""
     out, table = [], []
 
     def close_table():

@@ -38,7 +38,7 @@ def test_training_smoke_run_writes_everything_and_loss_falls(tiny_run):
 
 
 def test_existing_run_folder_is_not_overwritten(tiny_run, duality_root):
-    from desertseg.train import train
+    from desertseg.training import train
 
     with pytest.raises(FileExistsError, match="--resume"):
         train(load_config("default"), duality_root, tiny_run)
@@ -49,7 +49,7 @@ def test_training_without_validation_keeps_the_last_epoch(duality_root, tmp_path
     chosen on held-out data)."""
     from conftest import link_subset
 
-    from desertseg.train import train
+    from desertseg.training import train
 
     data = link_subset(duality_root, tmp_path / "data", {"train": 4})  # no val folder at all
     config = load_config("default", {"pretrained": False, "size": "96x54", "epochs": 2, "batch_size": 2, "val_split": "none"})

@@ -2,7 +2,7 @@ import numpy as np
 
 from desertseg.classes import raw_to_index
 from desertseg.data import read_image, read_mask
-from desertseg.evaluate import evaluate, write_results
+from desertseg.evaluation import evaluate, write_results
 from desertseg.metrics import confusion_matrix
 from desertseg.predict import Predictor
 from desertseg.samples import list_samples
