@@ -1,9 +1,9 @@
 """Inference: a :class:`Predictor` loaded once from a model file, used by the CLI, the
 evaluation and the dashboard alike, so preprocessing lives in one place.
 
-Two backends run the network: eager PyTorch (conv+BN folded, channels_last, optional bf16
-autocast and ``torch.compile``) and onnxruntime (an ``.onnx`` file from ``desertseg export``).
-Pre- and post-processing are the same for both: one uint8 antialiased bilinear resize
+Two backends run the network (:mod:`desertseg.runtime`): eager PyTorch (conv+BN folded,
+channels_last, optional bf16 autocast and ``torch.compile``) and onnxruntime (a float32 or
+int8 ``.onnx`` file from ``desertseg export``). Pre- and post-processing are the same for both: one uint8 antialiased bilinear resize
 (pixel-identical to the PIL resize training uses at 960x540 -> 480x270), and logits
 upsampled bilinearly to the image's size then argmaxed, computed exactly but only at class
 boundaries (:func:`upsample_argmax`).

@@ -1,6 +1,8 @@
 """How a network runs: device choice, the backends (eager PyTorch with folded batch norm,
-channels_last and optional bf16/torch.compile; onnxruntime), and the fast exact resize and
-logits-upsampling used around them. :class:`desertseg.predict.Predictor` puts them together.
+channels_last and optional bf16/torch.compile; onnxruntime for float32 and int8 exports) and
+loading their files (sessions, metadata, the exports found beside a model file), and the fast
+exact resize and logits-upsampling used around them. :class:`desertseg.predict.Predictor` puts
+them together.
 """
 
 from __future__ import annotations
@@ -189,7 +191,7 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], max_boundary: f
     entry at c), so interpolation only runs at class boundaries, a few percent of pixels.
     Falls back to the full resize when more than ``max_boundary`` of the pixels are boundary.
 
-    Shape: ``(C, h, w)`` float logits -> ``(H, W)`` uint8 class indices (C < 128).
+    Shape: ``(C, h, w)`` float logits -> ``(H, W)`` uint8 class indices.
     """
     H, W = size
     C, h, w = logits.shape
