@@ -221,12 +221,8 @@ def predict_paths(
     if resume:
         remove_temporary_files(out_dir)
 
-    todo = []
-    for path, name in images:
-        if resume and all(p.exists() for p in output_paths(out_dir, name, confidence, coarse, cost).values()):
-            summary.skipped += 1
-        else:
-            todo.append((path, name))
+    todo = [(path, name) for path, name in images if not (resume and all(p.exists() for p in output_paths(out_dir, name, confidence, coarse, cost).values()))]
+    summary.skipped = len(images) - len(todo)
     with tqdm(total=len(images), initial=summary.skipped, desc="predict", unit="img", disable=not progress or not images) as bar, Pipeline(workers) as pipe:
 
         def write(batch: list[tuple[str, np.ndarray]], preds) -> None:
@@ -238,17 +234,15 @@ def predict_paths(
             bar.update(len(batch))
 
         batch: list[tuple[str, np.ndarray]] = []  # decoded images waiting for the model
-        for name, image in pipe.decoded(todo, lookahead=2 * batch_size):
+        for k, (name, image) in enumerate(pipe.decoded(todo, lookahead=2 * batch_size)):
             if isinstance(image, DataError):
                 summary.errors.append(str(image))
                 bar.update(1)
-                continue
-            batch.append((name, image))
-            if len(batch) == batch_size:
+            else:
+                batch.append((name, image))
+            if batch and (len(batch) == batch_size or k == len(todo) - 1):
                 pipe.write(write, batch, predictor.predict_batch([im for _, im in batch], return_probs=confidence), done)
                 batch = []
-        if batch:
-            pipe.write(write, batch, predictor.predict_batch([im for _, im in batch], return_probs=confidence), done)
 
     if videos:
         from .video import predict_video

@@ -258,8 +258,6 @@ def export_int8(
     metadata)``; raises :class:`ExportError` saying by how much the best try failed, and
     writes nothing, when no try passes.
     """
-    import onnx
-
     from .predict import Predictor
 
     if not calibration or not check_sets or not all(cs.pairs for cs in check_sets):
@@ -309,8 +307,15 @@ def export_int8(
             "guard": {"passed": True, "min_agreement": MIN_AGREEMENT, "max_miou_drop": MAX_MIOU_DROP, "sets": result.sets},
             "tries": tries,
         }
-        proto = onnx.load(str(path))
-        del proto.metadata_props[:]
-        onnx.helper.set_model_props(proto, {META_KEY: json.dumps({**meta, "precision": "int8", "quantization": quantization})})
-        atomic_write(out, lambda tmp: tmp.write_bytes(proto.SerializeToString()))
+        _write(path, out, {**meta, "precision": "int8", "quantization": quantization})
     return out, quantization
+
+
+def _write(graph: Path, out: Path, meta: dict) -> None:
+    """``graph`` with ``meta`` as its desertseg metadata, written atomically to ``out``."""
+    import onnx
+
+    proto = onnx.load(str(graph))
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {META_KEY: json.dumps(meta)})
+    atomic_write(out, lambda tmp: tmp.write_bytes(proto.SerializeToString()))
