@@ -44,8 +44,8 @@ def train_step_rate(model_name: str, size: tuple[int, int], batch_size: int, ste
     import torch
 
     from desertseg.classes import NUM_CLASSES
-    from desertseg.losses import SegmentationLoss
-    from desertseg.models import build_model
+    from desertseg.models.registry import build_model
+    from desertseg.training.losses import SegmentationLoss
 
     model = build_model(model_name, NUM_CLASSES, pretrained=False).to(device).train()
     criterion = SegmentationLoss("ce").to(device)
@@ -101,11 +101,11 @@ def main() -> None:
 
     import torch
 
-    from desertseg.config import load_config
-    from desertseg.data import SegmentationDataset
-    from desertseg.engine import resolve_workers
-    from desertseg.samples import find_samples
-    from desertseg.transforms import TrainTransform
+    from desertseg.data.decoding import SegmentationDataset
+    from desertseg.data.samples import find_samples
+    from desertseg.data.transforms import TrainTransform
+    from desertseg.training.config import load_config
+    from desertseg.training.engine import resolve_workers
 
     config = load_config(args.preset, {"size": args.size} if args.size else None)
     size = config.input_size

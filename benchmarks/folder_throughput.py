@@ -24,9 +24,9 @@ FOLDER = SHARED / "duality_sample" / "Offroad_Segmentation_Training_Dataset" / "
 def main() -> None:
     import torch
 
-    from desertseg.data import read_image
-    from desertseg.outputs import predict_paths
-    from desertseg.predict import Predictor
+    from desertseg.data.decoding import read_image
+    from desertseg.inference.outputs import predict_paths
+    from desertseg.inference.predict import Predictor
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", type=Path, default=FOLDER)

@@ -54,10 +54,10 @@ def run_fold(config, data: Path, held_out: str, out: Path, threads: int, flip: b
     ``flip`` / ``scales``: test-time augmentation, reusing a model already trained)."""
     import torch
 
-    from desertseg.evaluation import evaluate
-    from desertseg.predict import Predictor
-    from desertseg.splits import make_splits, write_split_file
-    from desertseg.training import train
+    from desertseg.data.splits import make_splits, write_split_file
+    from desertseg.evaluation.loop import evaluate
+    from desertseg.inference.predict import Predictor
+    from desertseg.training.fit import train
 
     config.train_split, config.val_split = str(out / "train_split.json"), "none"
     tag = tta_tag(flip, scales)
@@ -142,7 +142,7 @@ def table(summaries: list[Path]) -> str:
 
 
 def main() -> None:
-    from desertseg.config import load_config, merge_overrides
+    from desertseg.training.config import load_config, merge_overrides
 
     if sys.argv[1:2] == ["--table"]:  # python benchmarks/generalisation.py --table runs/loeo/*/summary.json
         print(table([Path(p) for p in sys.argv[2:]]))

@@ -38,8 +38,8 @@ def step(report: dict, name: str, fn):
 def main() -> None:
     import torch
 
-    from desertseg.config import load_config
-    from desertseg.runtime import describe_device
+    from desertseg.inference.runtime import describe_device
+    from desertseg.training.config import load_config
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA, help="dataset root with train/ and val/")
@@ -57,13 +57,13 @@ def main() -> None:
     launch = {"accelerator": "gpu" if cuda else "cpu", "devices": 1, "progress": False}
 
     def train_two():
-        from desertseg.training import train
+        from desertseg.training.fit import train
 
         result = train(config, args.data, out, **launch)
         return {"precision": precision, "result": result}
 
     def resume_third():
-        from desertseg.training import train
+        from desertseg.training.fit import train
 
         # Extend the finished run by one epoch: the resume path continues from last.ckpt.
         saved = out / "config.json"
@@ -76,9 +76,9 @@ def main() -> None:
         return {"result": result}
 
     def evaluate_val():
-        from desertseg.evaluation import evaluate
-        from desertseg.predict import Predictor
-        from desertseg.samples import find_samples
+        from desertseg.data.samples import find_samples
+        from desertseg.evaluation.loop import evaluate
+        from desertseg.inference.predict import Predictor
 
         predictor = Predictor.from_checkpoint(out / "last.safetensors", device=args.device, backend="torch")
         samples, _ = find_samples(args.data, "val")
@@ -86,17 +86,17 @@ def main() -> None:
         return {"images": r["images"], "miou_all": round(r["miou_all"], 4), "miou_present": round(r["miou_present"], 4), "latency_ms": r["latency_ms"]}
 
     def export():
-        from desertseg.data import read_image
-        from desertseg.export import export_onnx
-        from desertseg.samples import find_samples
+        from desertseg.data.decoding import read_image
+        from desertseg.data.samples import find_samples
+        from desertseg.inference.export import export_onnx
 
         samples, _ = find_samples(args.data, "val")
         path, parity, exporter = export_onnx(out / "last.safetensors", out / "last.onnx", check_images=[read_image(s.image) for s in samples[:2]])
         return {"file": str(path), "exporter": exporter, "parity": None if parity is None else vars(parity)}
 
     def benchmark():
-        from desertseg.benchmark import run_benchmark
-        from desertseg.samples import find_samples
+        from desertseg.data.samples import find_samples
+        from desertseg.inference.benchmark import run_benchmark
 
         paths = [s.image for s in find_samples(args.data, "val")[0][:16]]
         runs = {}

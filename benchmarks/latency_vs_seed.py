@@ -32,10 +32,10 @@ UNSEEN = ROOT.parent / "shared" / "data" / "duality_sample" / "Offroad_Segmentat
 
 
 class SeedPath:
-    """The published inference path (``desertseg.benchmark.PublishedPath``), batch 1, from the file."""
+    """The published inference path (``desertseg.inference.benchmark.PublishedPath``), batch 1, from the file."""
 
     def __init__(self, checkpoint: Path | None):
-        from desertseg.benchmark import PublishedPath
+        from desertseg.inference.benchmark import PublishedPath
 
         self.predictor = PublishedPath(checkpoint)
         self.decode = self.predictor.decode
@@ -46,8 +46,8 @@ class SeedPath:
 
 class OurPath:
     def __init__(self, checkpoint: Path, backend: str):
-        from desertseg.data import read_image
-        from desertseg.predict import Predictor
+        from desertseg.data.decoding import read_image
+        from desertseg.inference.predict import Predictor
 
         self.predictor = Predictor.from_checkpoint(checkpoint, device="cpu", backend=backend)
         self.decode = read_image
@@ -57,7 +57,7 @@ class OurPath:
 
 
 def miou(run, samples) -> dict:
-    from desertseg.benchmark import miou as score
+    from desertseg.inference.benchmark import miou as score
 
     return score(run.predictor, samples, decode=run.decode)
 
@@ -70,9 +70,9 @@ def stats(seconds: list[float]) -> dict:
 def main() -> None:
     import torch
 
-    from desertseg.checkpoint import default_model_path
-    from desertseg.runtime import describe_device
-    from desertseg.samples import list_samples
+    from desertseg.data.samples import list_samples
+    from desertseg.inference.runtime import describe_device
+    from desertseg.models.checkpoint import default_model_path
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=default_model_path(), help="our model file (default: the bundled default model)")

@@ -23,11 +23,11 @@ SHARED = ROOT.parent / "shared" / "data" / "duality_sample"
 def run(preset: str, budget_min: float, data: Path, unseen: Path, out: Path, threads: int) -> dict:
     import torch
 
-    from desertseg.config import load_config
-    from desertseg.evaluation import evaluate
-    from desertseg.predict import Predictor
-    from desertseg.samples import find_samples
-    from desertseg.training import train
+    from desertseg.data.samples import find_samples
+    from desertseg.evaluation.loop import evaluate
+    from desertseg.inference.predict import Predictor
+    from desertseg.training.config import load_config
+    from desertseg.training.fit import train
 
     torch.set_num_threads(threads)
     # Each preset keeps its own schedule; the budget stops whichever runs longer.

@@ -76,8 +76,8 @@ def tiny_run(duality_root, tmp_path_factory) -> Path:
     """A real (tiny) training run on 4 train + 2 val images, shared by tests that need a model."""
     import shutil
 
-    from desertseg.config import load_config
-    from desertseg.training import train
+    from desertseg.training.config import load_config
+    from desertseg.training.fit import train
 
     # Developers may reuse one tiny run across pytest sessions (never in CI).
     cached = os.environ.get("DESERTSEG_TINY_RUN")

@@ -11,9 +11,9 @@ def test_public_names_resolve_lazily_to_the_real_objects():
         "import sys, desertseg\n"
         "assert 'torch' not in sys.modules, 'import desertseg must stay light'\n"
         "from desertseg import Predictor, evaluate, load_model, train, export_int8, CLASS_NAMES\n"
-        "import desertseg.training, desertseg.evaluation, desertseg.predict\n"
-        "assert Predictor is desertseg.predict.Predictor and callable(evaluate) and callable(train)\n"
-        "assert evaluate is desertseg.evaluation.evaluate and train is desertseg.training.train\n"
+        "import desertseg.training.fit, desertseg.evaluation.loop, desertseg.inference.predict\n"
+        "assert Predictor is desertseg.inference.predict.Predictor and callable(evaluate) and callable(train)\n"
+        "assert evaluate is desertseg.evaluation.loop.evaluate and train is desertseg.training.fit.train\n"
         "assert len(CLASS_NAMES) == 10 and sorted(dir(desertseg)) == sorted(desertseg.__all__)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

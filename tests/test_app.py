@@ -12,12 +12,12 @@ from PIL import Image
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from desertseg import app_logic  # noqa: E402
+from desertseg.app import logic as app_logic  # noqa: E402
 from desertseg.classes import CLASS_NAMES, colorize, index_to_raw, raw_to_index  # noqa: E402
-from desertseg.data import DataError, read_image, read_mask  # noqa: E402
-from desertseg.samples import Sample
+from desertseg.data.decoding import DataError, read_image, read_mask  # noqa: E402
+from desertseg.data.samples import Sample  # noqa: E402
 
-APP = Path(__file__).resolve().parents[1] / "src" / "desertseg" / "app.py"
+APP = Path(__file__).resolve().parents[1] / "src" / "desertseg" / "app" / "page.py"
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def messages(at: AppTest) -> str:
 
 
 def test_scores_equal_evaluate_on_a_real_image(app, sample, tiny_run):
-    from desertseg.evaluation import evaluate
-    from desertseg.predict import Predictor
+    from desertseg.evaluation.loop import evaluate
+    from desertseg.inference.predict import Predictor
 
     upload(app, (sample.image.name, sample.image.read_bytes()), (sample.mask.name, sample.mask.read_bytes()))
     assert not app.error, messages(app)
@@ -97,7 +97,7 @@ def test_raw_mask_download_is_16_bit_in_dataset_values(tmp_path, sample):
 def test_model_loads_once_per_process(app, sample, monkeypatch):
     import streamlit as st
 
-    from desertseg.predict import Predictor
+    from desertseg.inference.predict import Predictor
 
     st.cache_resource.clear()
     calls = []
@@ -170,14 +170,14 @@ def test_bad_ground_truth_masks_give_a_message(app, sample):
 
 
 def test_missing_bundled_model(app, tmp_path, monkeypatch):
-    monkeypatch.setattr("desertseg.checkpoint.default_model_path", lambda: tmp_path / "default.safetensors")
+    monkeypatch.setattr("desertseg.models.checkpoint.default_model_path", lambda: tmp_path / "default.safetensors")
     app.sidebar.radio(key="model_source").set_value("Bundled default model").run()
     assert "bundled default model is not installed" in messages(app)
     assert "--checkpoint" in messages(app)
 
 
 def test_model_card_shows_metadata(app, tiny_run):
-    from desertseg.checkpoint import read_metadata
+    from desertseg.models.checkpoint import read_metadata
 
     meta = read_metadata(tiny_run / "best.safetensors")
     card = app_logic.model_card({**meta, "path": "x"})

@@ -136,7 +136,7 @@ def _clip(duality_root: Path, tmp_path: Path) -> Path:
     """A 3-frame, 5 fps, 320x180 MP4 made from real val images (in tmp, never in the repo)."""
     import cv2
 
-    from desertseg.data import read_image
+    from desertseg.data.decoding import read_image
 
     path = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5, (320, 180))
@@ -148,7 +148,7 @@ def _clip(duality_root: Path, tmp_path: Path) -> Path:
 
 def test_dashboard_in_a_real_browser(chromium, sync_playwright, server, tiny_run, duality_root, tmp_path):
     from desertseg.classes import CLASS_NAMES, raw_to_index
-    from desertseg.data import read_mask
+    from desertseg.data.decoding import read_mask
     from desertseg.metrics import confusion_matrix, summarize
 
     url, ready_s = server

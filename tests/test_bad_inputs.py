@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from desertseg import data as data_mod
-from desertseg.check import check_data
 from desertseg.classes import IGNORE_INDEX, raw_to_index
-from desertseg.data import DataError, SegmentationDataset, read_image, read_mask
-from desertseg.samples import list_samples, resolve_split
+from desertseg.data import decoding as data_mod
+from desertseg.data.check import check_data
+from desertseg.data.decoding import DataError, SegmentationDataset, read_image, read_mask
+from desertseg.data.samples import list_samples, resolve_split
 
 
 @dataclass

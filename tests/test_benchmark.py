@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from desertseg.benchmark import FIELDS
-from desertseg.predict import Predictor
+from desertseg.inference.benchmark import FIELDS
+from desertseg.inference.predict import Predictor
 
 
 def run(*args):
@@ -97,10 +97,10 @@ def test_missing_onnxruntime_names_the_extra(tiny_run, tmp_path, monkeypatch):
 def test_published_path_ratio_and_unseen_miou_in_one_run(tiny_run, unseen_dir, tmp_path):
     from conftest import link_subset
 
-    from desertseg.benchmark import run_benchmark
+    from desertseg.inference.benchmark import run_benchmark
 
     split = link_subset(unseen_dir.parent, tmp_path / "data", {unseen_dir.name: 2}) / unseen_dir.name
-    from desertseg.samples import list_samples
+    from desertseg.data.samples import list_samples
 
     samples, _ = list_samples(split)
     images = sorted((split / "Color_Images").iterdir())

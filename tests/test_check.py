@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from desertseg.check import check_data, format_report
 from desertseg.classes import CLASSES
+from desertseg.data.check import check_data, format_report
 
 
 def cli(*args):

@@ -6,9 +6,9 @@ import sys
 import pytest
 
 from desertseg.cli import _expected
-from desertseg.data import DataError
+from desertseg.data.decoding import DataError
 from desertseg.errors import MissingExtra, UnknownName
-from desertseg.pretrained import PretrainedUnavailable
+from desertseg.models.pretrained import PretrainedUnavailable
 
 
 def run(*args, **kw):
@@ -68,7 +68,7 @@ def test_a_device_this_machine_lacks_is_a_user_mistake(tiny_run, unseen_dir, tmp
 
 # A real `desertseg info` run in which one library function has a bug (a ZeroDivisionError),
 # as a bug would look: across a subprocess there is no monkeypatch, so the patch is in the -c code.
-BUGGY = "import desertseg.checkpoint as c; c.read_metadata = lambda path: 1 / 0; from desertseg.cli import main; main()"
+BUGGY = "import desertseg.models.checkpoint as c; c.read_metadata = lambda path: 1 / 0; from desertseg.cli import main; main()"
 
 
 def run_buggy(*args, env=None):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from desertseg.classes import CLASS_NAMES, IGNORE_INDEX, raw_to_index
-from desertseg.coarse import (
+from desertseg.data.coarse import (
     COSTS,
     DESERT_GROUPS,
     GROUP_NAMES,
@@ -21,12 +21,12 @@ from desertseg.coarse import (
     cost_map,
     to_groups,
 )
-from desertseg.coarse_eval import format_coarse_table, write_coarse_results
-from desertseg.data import read_image, read_mask
-from desertseg.evaluation import evaluate
-from desertseg.formats import get_format
-from desertseg.predict import Predictor
-from desertseg.samples import Sample, list_samples
+from desertseg.data.decoding import read_image, read_mask
+from desertseg.data.formats import get_format
+from desertseg.data.samples import Sample, list_samples
+from desertseg.evaluation.coarse_eval import format_coarse_table, write_coarse_results
+from desertseg.evaluation.loop import evaluate
+from desertseg.inference.predict import Predictor
 
 # The documented mapping, written out here so a silent change of the tables fails a test.
 SKY, TALL, LOW, GROUND, OBSTACLE = range(5)

@@ -4,14 +4,14 @@ import torch
 from PIL import Image
 
 from desertseg.classes import IGNORE_INDEX, RAW_IDS
-from desertseg.data import (
+from desertseg.data.decoding import (
     DataError,
     SegmentationDataset,
     parse_size,
     read_image,
     read_mask,
 )
-from desertseg.samples import environment, list_samples, resolve_split
+from desertseg.data.samples import environment, list_samples, resolve_split
 
 
 def test_resolve_split_finds_train_val_test(duality_root, unseen_dir):
@@ -109,7 +109,7 @@ def test_parse_size_and_environment():
 def test_fast_decoders_give_exactly_pillows_pixels(unseen_dir, ycor_dir, tmp_path):
     from PIL import Image
 
-    from desertseg.data import _decode_fast
+    from desertseg.data.decoding import _decode_fast
 
     files = sorted((unseen_dir / "Color_Images").glob("*.png"))[:3] + sorted((ycor_dir / "images").glob("*.jpg"))[:3]
     for path in files:

@@ -15,12 +15,12 @@ import pytest
 import torch
 from conftest import link_subset, run_cli, train_args
 
-from desertseg.checkpoint import load_model
-from desertseg.data import SegmentationDataset
+from desertseg.data.decoding import SegmentationDataset
+from desertseg.data.samples import find_samples
+from desertseg.data.transforms import eval_transform
+from desertseg.evaluation.report import read_metrics_csv
 from desertseg.metrics import confusion_matrix, summarize
-from desertseg.report import read_metrics_csv
-from desertseg.samples import find_samples
-from desertseg.transforms import eval_transform
+from desertseg.models.checkpoint import load_model
 
 W, H, N_VAL = 64, 36, 3
 

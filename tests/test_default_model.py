@@ -8,12 +8,12 @@ import sys
 
 import numpy as np
 
-from desertseg.checkpoint import default_model_path, read_metadata
 from desertseg.classes import class_table, raw_to_index
-from desertseg.data import read_image, read_mask
+from desertseg.data.decoding import read_image, read_mask
+from desertseg.data.samples import list_samples
+from desertseg.inference.predict import Predictor
 from desertseg.metrics import confusion_matrix, summarize
-from desertseg.predict import Predictor
-from desertseg.samples import list_samples
+from desertseg.models.checkpoint import default_model_path, read_metadata
 
 
 def test_bundled_model_is_small_and_self_describing():

@@ -12,9 +12,9 @@ from urllib.parse import unquote
 
 import pytest
 
-from desertseg.check import check_data
-from desertseg.download import PARTS, DownloadError, extract, fetch
-from desertseg.download import download as run_download
+from desertseg.data.check import check_data
+from desertseg.data.download import PARTS, DownloadError, extract, fetch
+from desertseg.data.download import download as run_download
 
 TRAIN_TOP = "Offroad_Segmentation_Training_Dataset"
 TEST_TOP = "Offroad_Segmentation_testImages"

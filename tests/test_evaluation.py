@@ -1,11 +1,11 @@
 import numpy as np
 
 from desertseg.classes import raw_to_index
-from desertseg.data import read_image, read_mask
-from desertseg.evaluation import evaluate, write_results
+from desertseg.data.decoding import read_image, read_mask
+from desertseg.data.samples import list_samples
+from desertseg.evaluation.loop import evaluate, write_results
+from desertseg.inference.predict import Predictor
 from desertseg.metrics import confusion_matrix
-from desertseg.predict import Predictor
-from desertseg.samples import list_samples
 
 
 def test_evaluate_is_one_confusion_matrix_at_full_resolution(tiny_run, duality_root, tmp_path):

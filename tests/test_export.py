@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from desertseg.checkpoint import META_KEY, CheckpointError
 from desertseg.classes import class_table
-from desertseg.data import read_image, resize_image
-from desertseg.predict import Predictor
-from desertseg.runtime import upsample_argmax
-from desertseg.samples import list_samples
-from desertseg.transforms import normalize
+from desertseg.data.decoding import read_image, resize_image
+from desertseg.data.samples import list_samples
+from desertseg.data.transforms import normalize
+from desertseg.inference.predict import Predictor
+from desertseg.inference.runtime import upsample_argmax
+from desertseg.models.checkpoint import META_KEY, CheckpointError
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -67,8 +67,8 @@ def test_onnx_file_carries_metadata_and_dynamic_axes(exported, tiny_run):
 
 
 def test_onnx_matches_pytorch_at_two_sizes_and_batch_two(exported, tiny_run, images):
-    from desertseg.checkpoint import load_model
-    from desertseg.runtime import onnx_session
+    from desertseg.inference.runtime import onnx_session
+    from desertseg.models.checkpoint import load_model
 
     session = onnx_session(exported[0])
     model, _ = load_model(tiny_run / "best.safetensors")
@@ -102,7 +102,7 @@ def test_backend_choice_and_reuse_of_an_export_of_the_same_file(exported, tiny_r
     reused = Predictor.from_checkpoint(beside, device="cpu", backend="onnx")
     assert reused.backend == "onnx" and reused.metadata["path"] == str(exported[0])
     # The same ONNX file beside a different model file is not used.
-    from desertseg.checkpoint import load_model, save_model
+    from desertseg.models.checkpoint import load_model, save_model
 
     model, meta = load_model(tiny_run / "best.safetensors")
     other = save_model(tmp_path / "other.safetensors", model, {**meta, "note": "a copy"})  # same weights, other bytes
@@ -121,7 +121,7 @@ def test_onnx_file_with_torch_backend_is_refused(exported):
 
 
 def test_failed_parity_fails_loudly_and_writes_nothing(tiny_run, images, tmp_path, monkeypatch):
-    import desertseg.export as export
+    import desertseg.inference.export as export
 
     monkeypatch.setattr(export, "parity_check", lambda *a, **k: export.Parity(len(images), [[72, 128]], 3.5, 0.95, False))
     out = tmp_path / "bad.onnx"
@@ -131,9 +131,9 @@ def test_failed_parity_fails_loudly_and_writes_nothing(tiny_run, images, tmp_pat
 
 
 def test_parity_check_detects_a_different_model(exported, images):
-    from desertseg.export import parity_check
-    from desertseg.models import build_model
-    from desertseg.runtime import onnx_session
+    from desertseg.inference.export import parity_check
+    from desertseg.inference.runtime import onnx_session
+    from desertseg.models.registry import build_model
 
     torch.manual_seed(0)
     other = build_model("unet_mobilenet_v2", 10, pretrained=False)
@@ -150,7 +150,7 @@ def test_preprocessing_is_the_training_resize(images):
 
 
 def test_boundary_only_upsampling_equals_full_bilinear_argmax(tiny_run, images):
-    from desertseg.checkpoint import load_model
+    from desertseg.models.checkpoint import load_model
 
     model, _ = load_model(tiny_run / "best.safetensors")
     for im in images:

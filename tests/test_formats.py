@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from desertseg.classes import CLASS_NAMES, IGNORE_INDEX, raw_to_index
-from desertseg.coarse import GROUP_NAMES
-from desertseg.data import DataError, read_mask
-from desertseg.formats import FORMATS, YCOR, from_spec, get_format
+from desertseg.data.coarse import GROUP_NAMES
+from desertseg.data.decoding import DataError, read_mask
+from desertseg.data.formats import FORMATS, YCOR, from_spec, get_format
 
 # The legend of ../shared/data/README.md, written out independently of formats.YCOR.
 LEGEND = {

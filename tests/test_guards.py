@@ -19,12 +19,12 @@ import pytest
 import torch
 from conftest import link_subset, run_cli, train_args
 
-import desertseg.lightning_module as T
-from desertseg.config import load_config
-from desertseg.engine import TrainingDiverged
-from desertseg.losses import SegmentationLoss
-from desertseg.report import read_metrics_csv
-from desertseg.training import train
+import desertseg.training.lightning_module as T
+from desertseg.evaluation.report import read_metrics_csv
+from desertseg.training.config import load_config
+from desertseg.training.engine import TrainingDiverged
+from desertseg.training.fit import train
+from desertseg.training.losses import SegmentationLoss
 
 TINY = {"model": "unet_mobilenet_v2", "pretrained": False, "size": "64x36", "batch_size": 2, "lr": 3e-3, "augment": {}, "loss": "ce", "class_weighting": "none", "scheduler": "none", "num_workers": 0}
 
@@ -136,9 +136,9 @@ def _copy_pair(duality_root: Path, dest: Path, index: int, name: str = "a.png") 
 def test_disk_cache_serves_decoded_samples_and_follows_file_changes(duality_root, tmp_path, monkeypatch):
     import numpy as np
 
-    import desertseg.data as D
-    from desertseg.data import SegmentationDataset
-    from desertseg.samples import Sample
+    import desertseg.data.decoding as D
+    from desertseg.data.decoding import SegmentationDataset
+    from desertseg.data.samples import Sample
 
     image, mask = _copy_pair(duality_root, tmp_path / "split", 0)
     samples, size, cache = [Sample("a", image, mask)], (36, 64), tmp_path / "cache"
@@ -170,8 +170,8 @@ def test_disk_cache_serves_decoded_samples_and_follows_file_changes(duality_root
 
 
 def test_unusable_cache_folder_is_a_clear_error(duality_root, tmp_path):
-    from desertseg.data import SegmentationDataset
-    from desertseg.samples import Sample
+    from desertseg.data.decoding import SegmentationDataset
+    from desertseg.data.samples import Sample
 
     image, mask = _copy_pair(duality_root, tmp_path / "split", 0)
     a_file = tmp_path / "cache.txt"

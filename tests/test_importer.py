@@ -10,15 +10,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from desertseg.checkpoint import (
+from desertseg.models.checkpoint import (
     META_KEY,
     CheckpointError,
     load_model,
     make_metadata,
     read_metadata,
 )
-from desertseg.importer import PickleTrustWarning, import_model
-from desertseg.models import build_model
+from desertseg.models.importer import PickleTrustWarning, import_model
+from desertseg.models.registry import build_model
 
 
 def cli(*args):
@@ -235,8 +235,8 @@ def test_normalisation_is_read_from_the_model_file(unnormalised_deeplab, unseen_
 
     import numpy as np
 
-    from desertseg.data import read_image
-    from desertseg.predict import Predictor
+    from desertseg.data.decoding import read_image
+    from desertseg.inference.predict import Predictor
 
     model, src = unnormalised_deeplab
     images = [read_image(p) for p in sorted((unseen_dir / "Color_Images").iterdir())[:2]]
@@ -246,7 +246,7 @@ def test_normalisation_is_read_from_the_model_file(unnormalised_deeplab, unseen_
     assert read_metadata(tmp_path / "none.safetensors")["mean"] == [0, 0, 0] and read_metadata(tmp_path / "none.safetensors")["std"] == [1, 1, 1]
     backends = ["torch", "onnx"] if importlib.util.find_spec("onnxruntime") else ["torch"]
     if "onnx" in backends:  # the export beside the file, which the onnx backend then uses
-        from desertseg.export import export_onnx
+        from desertseg.inference.export import export_onnx
 
         export_onnx(tmp_path / "none.safetensors", tmp_path / "none.onnx")
     for backend in backends:  # onnx: the export folds the file's mean/std into the graph
@@ -259,7 +259,7 @@ def test_normalisation_is_read_from_the_model_file(unnormalised_deeplab, unseen_
 
 
 def test_normalisation_syntax_and_files_without_it(unet, tmp_path):
-    from desertseg.importer import parse_normalisation
+    from desertseg.models.importer import parse_normalisation
 
     assert parse_normalisation("0.5,0.5,0.5:0.25,0.25,0.25") == ((0.5,) * 3, (0.25,) * 3)
     assert parse_normalisation("ImageNet") == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

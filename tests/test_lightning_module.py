@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from desertseg.classes import IGNORE_INDEX, NUM_CLASSES, raw_to_index
-from desertseg.config import load_config
-from desertseg.data import SegmentationDataset, read_image, read_mask
-from desertseg.lightning_module import OPTIMIZERS, SCHEDULERS, SegmentationModule, cosine_factor, parameter_groups
-from desertseg.losses import class_weights
-from desertseg.models import build_model, encoder_parameters
-from desertseg.samples import find_samples
-from desertseg.training import pixel_counts
-from desertseg.transforms import TrainTransform
+from desertseg.data.decoding import SegmentationDataset, read_image, read_mask
+from desertseg.data.samples import find_samples
+from desertseg.data.transforms import TrainTransform
+from desertseg.models.registry import build_model, encoder_parameters
+from desertseg.training.config import load_config
+from desertseg.training.fit import pixel_counts
+from desertseg.training.lightning_module import OPTIMIZERS, SCHEDULERS, SegmentationModule, cosine_factor, parameter_groups
+from desertseg.training.losses import class_weights
 
 
 def test_cosine_warms_up_linearly_then_decays_to_zero():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from desertseg.models import MODELS, build_model
-from desertseg.pretrained import PretrainedUnavailable
+from desertseg.models.pretrained import PretrainedUnavailable
+from desertseg.models.registry import MODELS, build_model
 
 FAST = ["unet_mobilenet_v2", "fpn_mobilenet_v2", "deeplabv3plus_mobilenet_v2", "unet_efficientnet_lite0", "segformer_b0", "deeplabv3_resnet50"]
 

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from desertseg.classes import raw_to_index
-from desertseg.data import read_image, read_mask
-from desertseg.outputs import predict_paths
-from desertseg.predict import Predictor
+from desertseg.data.decoding import read_image, read_mask
+from desertseg.inference.outputs import predict_paths
+from desertseg.inference.predict import Predictor
 
 
 @pytest.fixture()
@@ -99,7 +99,7 @@ def test_cli_exit_code_says_something_failed(tiny_run, inputs, tmp_path):
 
 
 def test_coarse_view_and_cost_map_follow_the_class_table(predictor, inputs, tmp_path):
-    from desertseg.coarse import COST_LUT, to_groups
+    from desertseg.data.coarse import COST_LUT, to_groups
 
     folder, stems = inputs
     out = tmp_path / "out"
@@ -214,7 +214,7 @@ def test_pipelined_run_writes_what_the_serial_run_writes(predictor, inputs, tmp_
 
 
 def test_a_failing_write_in_the_pipeline_raises_in_the_caller(predictor, inputs, tmp_path, monkeypatch):
-    import desertseg.outputs as outputs
+    import desertseg.inference.outputs as outputs
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -7,17 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from desertseg.checkpoint import load_model, save_model
-from desertseg.data import read_image
-from desertseg.export import ExportError
+from desertseg.data.decoding import read_image
+from desertseg.data.samples import list_samples
+from desertseg.inference.export import ExportError
+from desertseg.inference.predict import Predictor
+from desertseg.inference.runtime import find_export
 from desertseg.io import file_sha256
-from desertseg.predict import Predictor
-from desertseg.runtime import find_export
-from desertseg.samples import list_samples
+from desertseg.models.checkpoint import load_model, save_model
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
-quantize = pytest.importorskip("desertseg.quantize")
+quantize = pytest.importorskip("desertseg.inference.quantize")
 
 
 @pytest.fixture(scope="module")

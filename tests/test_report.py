@@ -4,10 +4,10 @@ import base64
 import re
 
 from desertseg.classes import CLASS_NAMES
-from desertseg.evaluation import evaluate
-from desertseg.predict import Predictor
-from desertseg.report import write_report
-from desertseg.samples import list_samples
+from desertseg.data.samples import list_samples
+from desertseg.evaluation.loop import evaluate
+from desertseg.evaluation.report import write_report
+from desertseg.inference.predict import Predictor
 
 
 def test_report_is_self_contained_with_pngs_and_class_names(tiny_run, duality_root, tmp_path):

@@ -22,13 +22,13 @@ import pytest
 import torch
 from conftest import link_subset
 
-from desertseg.engine import (
+from desertseg.evaluation.report import read_metrics_csv
+from desertseg.training.engine import (
     AtomicCheckpointIO,
     EpochShardSampler,
     rng_state,
     set_rng_state,
 )
-from desertseg.report import read_metrics_csv
 
 TOL = 1e-6
 EPOCHS = 4
@@ -40,9 +40,9 @@ DRIVER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from desertseg import data as D
-    from desertseg.config import load_config
-    from desertseg.training import train
+    from desertseg.data import decoding as D
+    from desertseg.training.config import load_config
+    from desertseg.training.fit import train
 
     data, out, log = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     if log != "-":

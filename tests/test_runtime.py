@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from desertseg.models import MODELS, build_model
-from desertseg.runtime import fuse_conv_bn
+from desertseg.inference.runtime import fuse_conv_bn
+from desertseg.models.registry import MODELS, build_model
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

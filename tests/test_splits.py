@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from desertseg.data import DataError
-from desertseg.samples import (
+from desertseg.data.decoding import DataError
+from desertseg.data.samples import (
     environment,
     find_samples,
     find_split_dirs,
     read_split_file,
 )
-from desertseg.splits import environment_matches, make_splits, write_split_file
+from desertseg.data.splits import environment_matches, make_splits, write_split_file
 
 
 def cli(*args):

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from desertseg.checkpoint import load_model, read_metadata
 from desertseg.classes import class_table
-from desertseg.config import load_config, parse_override
-from desertseg.report import read_metrics_csv
+from desertseg.evaluation.report import read_metrics_csv
+from desertseg.models.checkpoint import load_model, read_metadata
+from desertseg.training.config import load_config, parse_override
 
 
 def test_seed_preset_is_the_published_recipe():
@@ -38,7 +38,7 @@ def test_training_smoke_run_writes_everything_and_loss_falls(tiny_run):
 
 
 def test_existing_run_folder_is_not_overwritten(tiny_run, duality_root):
-    from desertseg.training import train
+    from desertseg.training.fit import train
 
     with pytest.raises(FileExistsError, match="--resume"):
         train(load_config("default"), duality_root, tiny_run)
@@ -49,7 +49,7 @@ def test_training_without_validation_keeps_the_last_epoch(duality_root, tmp_path
     chosen on held-out data)."""
     from conftest import link_subset
 
-    from desertseg.training import train
+    from desertseg.training.fit import train
 
     data = link_subset(duality_root, tmp_path / "data", {"train": 4})  # no val folder at all
     config = load_config("default", {"pretrained": False, "size": "96x54", "epochs": 2, "batch_size": 2, "val_split": "none"})
@@ -62,6 +62,6 @@ def test_training_without_validation_keeps_the_last_epoch(duality_root, tmp_path
 
 
 def test_train_config_defaults_are_the_default_preset():
-    from desertseg.config import TrainConfig
+    from desertseg.training.config import TrainConfig
 
     assert TrainConfig() == load_config("default")

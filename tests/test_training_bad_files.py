@@ -16,12 +16,12 @@ import pytest
 import torch
 from conftest import run_cli, train_args
 
-from desertseg.config import load_config
-from desertseg.data import DataError
-from desertseg.engine import SkipDamaged
+from desertseg.data.decoding import DataError
 from desertseg.errors import TooManyDamagedFiles
-from desertseg.lightning_module import SegmentationModule, collate_readable
-from desertseg.report import read_metrics_csv
+from desertseg.evaluation.report import read_metrics_csv
+from desertseg.training.config import load_config
+from desertseg.training.engine import SkipDamaged
+from desertseg.training.lightning_module import SegmentationModule, collate_readable
 
 N_TRAIN, N_VAL, EPOCHS = 6, 2, 3
 
@@ -66,7 +66,7 @@ def pair(data: Path, split: str, i: int, sub: str) -> Path:
 
 
 def test_damaged_files_mid_run_are_skipped_counted_and_training_goes_on(duality_root, tmp_path, monkeypatch, capsys):
-    from desertseg.training import train
+    from desertseg.training.fit import train
 
     data = copy_subset(duality_root, tmp_path / "data", {"train": N_TRAIN, "val": N_VAL})
     bad_image, bad_val_mask = pair(data, "train", 3, "Color_Images"), pair(data, "val", 1, "Segmentation")
@@ -87,7 +87,7 @@ def test_damaged_files_mid_run_are_skipped_counted_and_training_goes_on(duality_
 
 def test_too_many_damaged_files_stop_the_run_and_keep_the_last_checkpoint(duality_root, tmp_path, monkeypatch):
     from desertseg.cli import _expected
-    from desertseg.training import train
+    from desertseg.training.fit import train
 
     data = copy_subset(duality_root, tmp_path / "data", {"train": N_TRAIN, "val": N_VAL})
     bad = [pair(data, "train", 1, "Color_Images"), pair(data, "train", 4, "Segmentation")]  # an image and a mask
@@ -155,7 +155,7 @@ def test_a_stand_in_takes_a_damaged_training_sample_s_place_and_validation_drops
 def test_a_file_damaged_before_the_run_is_left_out_of_class_weights_and_skipped(duality_root, tmp_path, capsys):
     """Class weighting reads every training mask before training starts: a damaged one there
     is warned about, not fatal, and training then skips it like any other bad file."""
-    from desertseg.training import train
+    from desertseg.training.fit import train
 
     data = copy_subset(duality_root, tmp_path / "data", {"train": N_TRAIN, "val": N_VAL})
     bad = pair(data, "train", 2, "Segmentation")

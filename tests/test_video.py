@@ -9,10 +9,10 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 
 from desertseg.classes import CLASS_NAMES  # noqa: E402
-from desertseg.data import DataError, read_image, resize_image  # noqa: E402
-from desertseg.outputs import predict_paths  # noqa: E402
-from desertseg.predict import Predictor  # noqa: E402
-from desertseg.video import FRAME_COUNT_SLACK, predict_video  # noqa: E402
+from desertseg.data.decoding import DataError, read_image, resize_image  # noqa: E402
+from desertseg.inference.outputs import predict_paths  # noqa: E402
+from desertseg.inference.predict import Predictor  # noqa: E402
+from desertseg.inference.video import FRAME_COUNT_SLACK, predict_video  # noqa: E402
 
 W, H, FPS = 160, 96, 12.0
 

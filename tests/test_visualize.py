@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from desertseg.classes import CLASSES, raw_to_index
-from desertseg.data import read_image, read_mask
-from desertseg.samples import list_samples
-from desertseg.visualize import (
+from desertseg.data.decoding import read_image, read_mask
+from desertseg.data.samples import list_samples
+from desertseg.evaluation.visualize import (
     class_shares,
     confidence_image,
     error_map,

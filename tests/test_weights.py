@@ -3,13 +3,13 @@ import zipfile
 import pytest
 import torch
 
-from desertseg.models import build_model
-from desertseg.pretrained import (
+from desertseg.models.pretrained import (
     MOBILENET_V2_FILE,
     PretrainedUnavailable,
     fetch_mobilenet_v2,
     hub_checkpoint,
 )
+from desertseg.models.registry import build_model
 
 
 def test_tampered_weight_file_is_rejected_by_its_hash(tmp_path, monkeypatch):

