@@ -96,6 +96,20 @@ def _reader(images: Sequence[np.ndarray]):
     return Reader()
 
 
+@contextlib.contextmanager
+def _quiet():
+    """onnxruntime's quantization tools print progress and advice through print() and the root
+    logger; the CLI prints its own summary."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_graph(float_path: Path, out: Path, images: Sequence[np.ndarray], cache: Path, exclude: Sequence[str] = (), only: Sequence[str] | None = None) -> Path:
     """Static QDQ quantization: int8 per-channel weights, uint8 activations with percentile
     (99.99%) ranges from ``images`` (kept in ``cache``, so later calls skip calibration),
@@ -103,28 +117,21 @@ def quantize_graph(float_path: Path, out: Path, images: Sequence[np.ndarray], ca
     require_onnxruntime()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    # onnxruntime's quantizer prints progress and advice through print() and the root logger.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            quantize_static(
-                str(float_path),
-                str(out),
-                _reader(images),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                weight_type=QuantType.QInt8,
-                activation_type=QuantType.QUInt8,
-                nodes_to_exclude=list(exclude),
-                nodes_to_quantize=list(only) if only is not None else None,
-                calibrate_method=CalibrationMethod.Percentile,
-                extra_options={"CalibPercentile": 99.99},
-                calibration_cache_path=str(cache),
-            )
-    finally:
-        root.setLevel(level)
+    with _quiet():
+        quantize_static(
+            str(float_path),
+            str(out),
+            _reader(images),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            nodes_to_exclude=list(exclude),
+            nodes_to_quantize=list(only) if only is not None else None,
+            calibrate_method=CalibrationMethod.Percentile,
+            extra_options={"CalibPercentile": 99.99},
+            calibration_cache_path=str(cache),
+        )
     return out
 
 
@@ -134,13 +141,8 @@ def prepare_graph(model: "nn.Module", meta: dict, out: Path) -> Path:
 
     raw = out.with_name(out.stem + ".raw.onnx")
     raw.write_bytes(to_onnx_bytes(model, meta)[0])
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
+    with _quiet():
         quant_pre_process(str(raw), str(out), skip_symbolic_shape=True)
-    finally:
-        root.setLevel(level)
     return out
 
 
