@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from desertseg.cli import _expected
+from desertseg.cli.main import _expected
 from desertseg.data.decoding import DataError
 from desertseg.errors import MissingExtra, UnknownName
 from desertseg.models.pretrained import PretrainedUnavailable

@@ -19,8 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..data.decoding import DataError, read_image
-from ..data.samples import IMAGE_SUFFIXES
+from ..data.decoding import read_image
 
 FIELDS = ("requested_backend", "model_file", "backend", "batch", "input_size", "images", "latency_ms", "batch_latency_ms", "images_per_s", "stage_ms_per_image", "peak_rss_mb", "cuda_peak_mb")
 # Rows also carry "speedup_vs_published" and "unseen_miou" when run_benchmark is asked for them.
@@ -36,27 +35,6 @@ def default_images_dir() -> Path | None:
         if root and (Path(root) / SHARED_TEST_IMAGES).is_dir():
             return Path(root) / SHARED_TEST_IMAGES
     return None
-
-
-def find_images(inputs: Sequence[Path | str], limit: int | None = None) -> list[Path]:
-    """Image files from files, folders (searched recursively) and glob patterns, sorted per input."""
-    import glob
-
-    found: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-        elif p.is_file():
-            found.append(p)
-        else:
-            matches = sorted(Path(m) for m in glob.glob(str(item)))
-            if not matches:
-                raise DataError(p, "no such file, folder or matching pattern")
-            found += [m for m in matches if m.suffix.lower() in IMAGE_SUFFIXES]
-    if not found:
-        raise DataError(Path(str(inputs[0])) if inputs else Path("."), "no images found")
-    return found[:limit] if limit else found
 
 
 def peak_rss_mb() -> float | None:

@@ -86,7 +86,7 @@ def test_damaged_files_mid_run_are_skipped_counted_and_training_goes_on(duality_
 
 
 def test_too_many_damaged_files_stop_the_run_and_keep_the_last_checkpoint(duality_root, tmp_path, monkeypatch):
-    from desertseg.cli import _expected
+    from desertseg.cli.main import _expected
     from desertseg.training.fit import train
 
     data = copy_subset(duality_root, tmp_path / "data", {"train": N_TRAIN, "val": N_VAL})

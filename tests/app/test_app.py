@@ -17,7 +17,7 @@ from desertseg.classes import CLASS_NAMES, colorize, index_to_raw, raw_to_index 
 from desertseg.data.decoding import DataError, read_image, read_mask  # noqa: E402
 from desertseg.data.samples import Sample  # noqa: E402
 
-APP = Path(__file__).resolve().parents[1] / "src" / "desertseg" / "app" / "page.py"
+APP = Path(__file__).resolve().parents[2] / "src" / "desertseg" / "app" / "page.py"
 
 
 @pytest.fixture(scope="module")

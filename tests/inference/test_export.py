@@ -6,19 +6,16 @@ import re
 import shutil
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from desertseg.classes import class_table
 from desertseg.data.decoding import read_image, resize_image
 from desertseg.data.samples import list_samples
 from desertseg.data.transforms import normalize
 from desertseg.inference.predict import Predictor
-from desertseg.inference.runtime import upsample_argmax
 from desertseg.models.checkpoint import META_KEY, CheckpointError
 
 pytest.importorskip("onnxruntime")
@@ -139,36 +136,3 @@ def test_parity_check_detects_a_different_model(exported, images):
     other = build_model("unet_mobilenet_v2", 10, pretrained=False)
     parity = parity_check(other, onnx_session(exported[0]), images[:2], [(72, 128)])
     assert not parity.ok and parity.argmax_agreement < 0.999
-
-
-def test_preprocessing_is_the_training_resize(images):
-    p = Predictor.__new__(Predictor)  # _batch needs no model
-    for size in [(270, 480), (72, 128)]:
-        x = Predictor._batch(p, images[:2], size)
-        ref = np.stack([resize_image(im, size) for im in images[:2]])
-        assert np.array_equal(np.rint(x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8), ref)
-
-
-def test_boundary_only_upsampling_equals_full_bilinear_argmax(tiny_run, images):
-    from desertseg.models.checkpoint import load_model
-
-    model, _ = load_model(tiny_run / "best.safetensors")
-    for im in images:
-        x = torch.from_numpy(np.array(resize_image(im, (72, 128)))).permute(2, 0, 1)[None].float() / 255
-        with torch.inference_mode():
-            logits = model(normalize(x))[0]
-        for size in [(540, 960), (100, 77)]:
-            ref = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0).numpy()
-            assert (upsample_argmax(logits, size) == ref).mean() >= 0.9999
-
-
-def test_bf16_is_kept_only_where_it_agrees(tiny_run, images):
-    fp32 = Predictor.from_checkpoint(tiny_run / "best.safetensors", device="cpu", backend="torch")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        bf16 = Predictor.from_checkpoint(tiny_run / "best.safetensors", device="cpu", backend="torch", bf16=True)
-        masks = [p.mask for p in bf16.predict_batch(images)]
-    if not bf16.runner.bf16:
-        assert any("bf16 autocast disabled" in str(w.message) for w in caught)
-    for a, b in zip(masks, fp32.predict_batch(images)):
-        assert (a == b.mask).mean() >= 0.999

@@ -25,19 +25,3 @@ def test_evaluate_is_one_confusion_matrix_at_full_resolution(tiny_run, duality_r
     assert result["latency_ms"]["end_to_end_mean"] > result["latency_ms"]["model_mean"] > 0
     js, md = write_results(result, tmp_path)
     assert "mIoU, all 10 classes" in md.read_text() and js.exists()
-
-
-def test_predictor_probabilities_and_tta(tiny_run, duality_root):
-    samples, _ = list_samples(duality_root / "val")
-    image = read_image(samples[0].image)
-    plain = Predictor.from_checkpoint(tiny_run / "best.safetensors", device="cpu")
-    p = plain.predict(image, return_probs=True)
-    assert p.probs.shape == (10, 540, 960)
-    assert np.allclose(p.probs.sum(0), 1, atol=1e-4)
-    assert (p.probs.argmax(0) == p.mask).all()
-    tta = Predictor.from_checkpoint(tiny_run / "best.safetensors", device="cpu", flip=True, scales=(0.75, 1.0))
-    a, b = tta.predict(image).mask, tta.predict(image).mask
-    assert a.shape == (540, 960) and (a == b).all()  # deterministic
-    window = Predictor.from_checkpoint(tiny_run / "best.safetensors", device="cpu", sliding_window=True)
-    crop = image[:150, :260]  # larger than the 128x72 input: several overlapping windows
-    assert window.predict(crop).mask.shape == (150, 260)

@@ -102,7 +102,7 @@ STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); 
 def test_supervisor_stops_its_child(sig, child):
     """The Windows path of `desertseg app` (a supervising process instead of exec), run here:
     a signal to the supervisor stops its child too, killing it after the grace period."""
-    code = f"import sys; from desertseg.cli import _supervise; sys.exit(_supervise([sys.executable, '-c', {child!r}], None, grace_s=1))"
+    code = f"import sys; from desertseg.cli.serve import _supervise; sys.exit(_supervise([sys.executable, '-c', {child!r}], None, grace_s=1))"
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     try:
         deadline = time.perf_counter() + 60
