@@ -13,6 +13,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from desertseg.app import logic as app_logic  # noqa: E402
+from desertseg.app import models_dir as app_models  # noqa: E402
 from desertseg.classes import CLASS_NAMES, colorize, index_to_raw, raw_to_index  # noqa: E402
 from desertseg.data.decoding import DataError, read_image, read_mask  # noqa: E402
 from desertseg.data.samples import Sample  # noqa: E402
@@ -29,8 +30,8 @@ def sample(duality_root) -> Sample:
 @pytest.fixture
 def app(tiny_run, monkeypatch):
     """A page started as `desertseg app --checkpoint <tiny best.safetensors>` would start it."""
-    monkeypatch.setenv(app_logic.CHECKPOINT_ENV, str(tiny_run / "best.safetensors"))
-    monkeypatch.delenv(app_logic.MODELS_DIR_ENV, raising=False)
+    monkeypatch.setenv(app_models.CHECKPOINT_ENV, str(tiny_run / "best.safetensors"))
+    monkeypatch.delenv(app_models.MODELS_DIR_ENV, raising=False)
     at = AppTest.from_file(str(APP), default_timeout=180)
     at.run()
     assert not at.exception, at.exception
@@ -269,18 +270,18 @@ def models_tree(tmp_path, tiny_run) -> dict[str, Path]:
 
 
 def _refusal(models: Path, name: str) -> str:
-    with pytest.raises(app_logic.ModelPathError) as e:
-        app_logic.resolve_model_path(models, name)
+    with pytest.raises(app_models.ModelPathError) as e:
+        app_models.resolve_model_path(models, name)
     return str(e.value).replace(name, "NAME", 1)
 
 
 def test_resolve_model_path_accepts_only_model_files_inside_the_folder(models_tree):
     models, outside = models_tree["models"], models_tree["outside"]
     best = (models / "run" / "best.safetensors").resolve()
-    assert app_logic.resolve_model_path(models, "run/best.safetensors") == best
-    assert app_logic.resolve_model_path(models, str(models / "run" / "best.safetensors")) == best  # absolute, inside
-    assert app_logic.resolve_model_path(models, "alias.safetensors") == best  # a symlink staying inside
-    assert app_logic.resolve_model_path(models, "run/../run/best.safetensors") == best
+    assert app_models.resolve_model_path(models, "run/best.safetensors") == best
+    assert app_models.resolve_model_path(models, str(models / "run" / "best.safetensors")) == best  # absolute, inside
+    assert app_models.resolve_model_path(models, "alias.safetensors") == best  # a symlink staying inside
+    assert app_models.resolve_model_path(models, "run/../run/best.safetensors") == best
     refused = {
         "../outside/secret.safetensors": "traversal to a real model outside",
         "../outside/nothing.safetensors": "traversal to nothing",
@@ -303,8 +304,8 @@ def test_resolve_model_path_accepts_only_model_files_inside_the_folder(models_tr
 
 
 def test_list_model_files_offers_only_what_resolves_inside(models_tree):
-    assert app_logic.list_model_files(models_tree["models"]) == ["alias.safetensors", "broken.safetensors", "run/best.safetensors"]
-    assert app_logic.list_model_files(models_tree["outside"] / "nope") == []
+    assert app_models.list_model_files(models_tree["models"]) == ["alias.safetensors", "broken.safetensors", "run/best.safetensors"]
+    assert app_models.list_model_files(models_tree["outside"] / "nope") == []
 
 
 def test_typed_model_paths_are_off_without_models_dir(app):
@@ -313,8 +314,8 @@ def test_typed_model_paths_are_off_without_models_dir(app):
 
 
 def test_models_dir_lists_and_loads_only_files_inside(models_tree, monkeypatch):
-    monkeypatch.delenv(app_logic.CHECKPOINT_ENV, raising=False)
-    monkeypatch.setenv(app_logic.MODELS_DIR_ENV, str(models_tree["models"]))
+    monkeypatch.delenv(app_models.CHECKPOINT_ENV, raising=False)
+    monkeypatch.setenv(app_models.MODELS_DIR_ENV, str(models_tree["models"]))
     at = AppTest.from_file(str(APP), default_timeout=180)
     at.run()
     at.sidebar.radio(key="model_source").set_value("Model file from the models folder").run()
@@ -386,15 +387,15 @@ def test_app_command_passes_models_dir_and_upload_cap(tmp_path, monkeypatch):
         raise SystemExit(0)
 
     monkeypatch.setattr(os, "execve", execve)
-    monkeypatch.setenv(app_logic.MODELS_DIR_ENV, str(tmp_path))  # a stale setting must not leak in
+    monkeypatch.setenv(app_models.MODELS_DIR_ENV, str(tmp_path))  # a stale setting must not leak in
     result = CliRunner().invoke(cli, ["app", "--port", "1"])
     assert result.exit_code == 0, result.output
-    assert app_logic.MODELS_DIR_ENV not in launched["env"]
+    assert app_models.MODELS_DIR_ENV not in launched["env"]
     cmd = launched["cmd"]
     assert cmd[cmd.index("--server.maxUploadSize") + 1] == "50"  # the default
     result = CliRunner().invoke(cli, ["app", "--port", "1", "--models-dir", str(tmp_path), "--max-upload-mb", "12"])
     assert result.exit_code == 0, result.output
-    assert launched["env"][app_logic.MODELS_DIR_ENV] == str(tmp_path.resolve())
+    assert launched["env"][app_models.MODELS_DIR_ENV] == str(tmp_path.resolve())
     cmd = launched["cmd"]
     assert cmd[cmd.index("--server.maxUploadSize") + 1] == "12"
     result = CliRunner().invoke(cli, ["app", "--port", "1", "--models-dir", str(tmp_path / "none")])

@@ -2,8 +2,9 @@
 
 Upload photos (and optionally their 16-bit ground-truth masks) to see the segmentation, its
 confidence, class shares and, with ground truth, the same scores ``desertseg evaluate`` gives;
-upload a short video for an overlay video. All computing lives in :mod:`desertseg.app.logic`;
-this file only lays out the page.
+upload a short video for an overlay video. All computing lives in :mod:`desertseg.app.logic` (images,
+scores), :mod:`~desertseg.app.models_dir` and :mod:`~desertseg.app.video_upload`; this file only
+lays out the page.
 
 Safe to share: models load once per process (``st.cache_resource``) and are shared, but
 uploads and their results live in each browser session's own ``st.session_state``, never in a
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from desertseg.app import logic
+from desertseg.app import logic, video_upload
+from desertseg.app import models_dir as model_folder
 from desertseg.classes import CLASSES, colorize
 from desertseg.data.decoding import DataError
 from desertseg.models.checkpoint import CheckpointError, default_model_path
@@ -54,7 +56,7 @@ def segment(predictor, image, name: str):
 
 def folder_model(models_dir: Path):
     """Sidebar: pick or type a model file inside the models folder. Returns ``(path, name)`` or ``None``."""
-    names = logic.list_model_files(models_dir)
+    names = model_folder.list_model_files(models_dir)
     picked = st.sidebar.selectbox("Model file", names, key="model_pick") if names else None
     typed = st.sidebar.text_input("Or type its path inside the models folder", key="model_path", placeholder="run/best.safetensors or model.onnx").strip()
     name = typed or picked
@@ -62,8 +64,8 @@ def folder_model(models_dir: Path):
         st.info("The models folder holds no .safetensors or .onnx file yet; add one, or choose another model source in the sidebar.")
         return None
     try:
-        return logic.resolve_model_path(models_dir, name), name
-    except logic.ModelPathError as e:
+        return model_folder.resolve_model_path(models_dir, name), name
+    except model_folder.ModelPathError as e:
         st.error(str(e))
         return None
 
@@ -107,8 +109,8 @@ def model_panel():
     Typed paths exist only with ``--models-dir``, and then reach only files inside that folder.
     """
     st.sidebar.header("Model")
-    checkpoint = os.environ.get(logic.CHECKPOINT_ENV, "")
-    models_dir = logic.models_dir_setting()
+    checkpoint = os.environ.get(model_folder.CHECKPOINT_ENV, "")
+    models_dir = model_folder.models_dir_setting()
     sources = [BUNDLED] + [START] * bool(checkpoint) + [FOLDER] * bool(models_dir) + [UPLOAD]
     source = st.sidebar.radio("Model source", sources, index=sources.index(START) if checkpoint else 0, key="model_source")
     chosen = chosen_model(source, checkpoint, models_dir)
@@ -273,7 +275,7 @@ def images_tab(predictor, model_key, opacity, visible, robot=False):
 def video_tab(predictor, model_key, opacity):
     up = st.file_uploader("A short video (MP4, AVI, MOV, MKV or WebM)", type=["mp4", "avi", "mov", "mkv", "webm"], key="video")
     if up is None:
-        st.info(f"Upload a short video (up to {upload_cap_mb()} MB and {logic.app_max_frames():,} frames) to get an overlay video and per-frame class shares.")
+        st.info(f"Upload a short video (up to {upload_cap_mb()} MB and {video_upload.app_max_frames():,} frames) to get an overlay video and per-frame class shares.")
         return
     data = up.getvalue()
     key = f"{model_key}:{hashlib.sha1(data).hexdigest()}:{opacity}"
@@ -285,7 +287,7 @@ def video_tab(predictor, model_key, opacity):
 
         try:
             with tempfile.TemporaryDirectory(prefix="desertseg-video-") as tmp:
-                r = logic.video_overlay(predictor, data, up.name, Path(tmp), opacity, progress)
+                r = video_upload.video_overlay(predictor, data, up.name, Path(tmp), opacity, progress)
                 st.session_state["video_result"] = {
                     "key": key,
                     "frames": r["frames"],

@@ -1,5 +1,5 @@
-"""The entry point: registers every command and turns errors into one line (user errors)
-or a bug report (anything else)."""
+"""The entry point: runs the application and turns errors into one line (user errors) or a
+bug report (anything else)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,6 @@ import traceback
 import typer
 
 from .common import app
-
-# Importing a command module registers its commands; `desertseg --help` lists them in this order.
-# isort: off
-from . import model_commands, predict_commands, serve, data_commands  # noqa: E402, F401
-# isort: on
 
 # Errors that report the user's data, arguments or machine rather than a bug: file-system and
 # network problems (OSError) and bad values (ValueError, raised for wrong arguments and
