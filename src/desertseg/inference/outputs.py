@@ -155,16 +155,33 @@ def predict_paths(
 
     todo = [(path, name) for path, name in images if not (resume and all(p.exists() for p in output_paths(out_dir, name, confidence, coarse, cost).values()))]
     summary.skipped = len(images) - len(todo)
-    with tqdm(total=len(images), initial=summary.skipped, desc="predict", unit="img", disable=not progress or not images) as bar, Pipeline(workers) as pipe:
 
-        def write(batch: list[tuple[str, np.ndarray]], preds) -> None:
-            for (name, image), pred in zip(batch, preds):
-                write_outputs(out_dir, name, image, pred.mask, opacity, pred.confidence if confidence else None, coarse, cost)
+    def write(batch: list[tuple[str, np.ndarray]], preds) -> None:
+        for (name, image), pred in zip(batch, preds):
+            write_outputs(out_dir, name, image, pred.mask, opacity, pred.confidence if confidence else None, coarse, cost)
 
-        def done(batch) -> None:
-            summary.written += len(batch)
-            bar.update(len(batch))
+    with tqdm(total=len(images), initial=summary.skipped, desc="predict", unit="img", disable=not progress or not images) as bar:
+        _run_images(predictor, todo, write, summary, bar, batch_size, confidence, workers)
+    for path, name in videos:
+        from .video import predict_video
 
+        try:
+            predict_video(predictor, path, out_dir / "video" / f"{name}.mp4", out_dir / "video" / f"{name}_class_shares.csv", opacity=opacity, batch_size=batch_size, progress=progress)
+            summary.videos += 1
+        except DataError as e:
+            summary.errors.append(str(e))
+    return summary
+
+
+def _run_images(predictor, todo: list[tuple[Path, str]], write, summary: Summary, bar, batch_size: int, return_probs: bool, workers: int) -> None:
+    """Decode ``todo`` ahead, run the model in batches and hand each batch's predictions to
+    ``write`` in the background (see :class:`Pipeline`); bad files go to ``summary.errors``."""
+
+    def done(batch) -> None:
+        summary.written += len(batch)
+        bar.update(len(batch))
+
+    with Pipeline(workers) as pipe:
         batch: list[tuple[str, np.ndarray]] = []  # decoded images waiting for the model
         for k, (name, image) in enumerate(pipe.decoded(todo, lookahead=2 * batch_size)):
             if isinstance(image, DataError):
@@ -173,16 +190,5 @@ def predict_paths(
             else:
                 batch.append((name, image))
             if batch and (len(batch) == batch_size or k == len(todo) - 1):
-                pipe.write(write, batch, predictor.predict_batch([im for _, im in batch], return_probs=confidence), done)
+                pipe.write(write, batch, predictor.predict_batch([im for _, im in batch], return_probs=return_probs), done)
                 batch = []
-
-    if videos:
-        from .video import predict_video
-
-        for path, name in videos:
-            try:
-                predict_video(predictor, path, out_dir / "video" / f"{name}.mp4", out_dir / "video" / f"{name}_class_shares.csv", opacity=opacity, batch_size=batch_size, progress=progress)
-                summary.videos += 1
-            except DataError as e:
-                summary.errors.append(str(e))
-    return summary
