@@ -79,16 +79,7 @@ def evaluate(predictor: Predictor, samples: list[Sample], protocol: str = "full"
         if keep_per_image:
             m = summarize(one) if fine else coarse_summary(group_confusion(one, fmt.coarse_lut))
             per_image.append({"name": s.name, "image": str(s.image), "mask": str(s.mask), "miou_present": m["miou_present"], "pixel_accuracy": m["pixel_accuracy"]})
-    groups = group_confusion(cross, fmt.coarse_lut)
-    coarse = coarse_summary(groups)
-    coarse.update(groups=list(GROUP_NAMES), confusion_matrix=groups.tolist())
-    if fine:
-        result = summarize(cross)
-        result.update(confusion_matrix=cross.tolist(), coarse=coarse)
-    else:
-        result = coarse
-        result["label_vs_prediction"] = {"labels": list(fmt.class_names), "predicted": list(CLASS_NAMES), "counts": cross.tolist()}
-        result["mapping"] = {"dataset": [dict(r) for r in fmt.table], "desert": mapping_table()}
+    result = summaries(cross, fmt)
     n = len(e2e)
     result.update(
         {
@@ -111,6 +102,22 @@ def evaluate(predictor: Predictor, samples: list[Sample], protocol: str = "full"
         }
     )
     return result
+
+
+def summaries(cross: np.ndarray, fmt: DatasetFormat) -> dict:
+    """The metrics of one table of pixel counts (``fmt``'s labels x the desert classes): the fine
+    metrics with the coarse groups under ``coarse`` for Duality's labels, else the coarse metrics
+    with the table and the label mapping."""
+    groups = group_confusion(cross, fmt.coarse_lut)
+    coarse = coarse_summary(groups)
+    coarse.update(groups=list(GROUP_NAMES), confusion_matrix=groups.tolist())
+    if tuple(fmt.class_names) == tuple(CLASS_NAMES):
+        result = summarize(cross)
+        result.update(confusion_matrix=cross.tolist(), coarse=coarse)
+        return result
+    coarse["label_vs_prediction"] = {"labels": list(fmt.class_names), "predicted": list(CLASS_NAMES), "counts": cross.tolist()}
+    coarse["mapping"] = {"dataset": [dict(r) for r in fmt.table], "desert": mapping_table()}
+    return coarse
 
 
 def format_table(result: dict) -> str:
