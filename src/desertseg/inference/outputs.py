@@ -162,9 +162,9 @@ def predict_paths(
 
     with tqdm(total=len(images), initial=summary.skipped, desc="predict", unit="img", disable=not progress or not images) as bar:
         _run_images(predictor, todo, write, summary, bar, batch_size, confidence, workers)
+    if videos:
+        from .video import predict_video  # OpenCV: the video extra, imported only when needed
     for path, name in videos:
-        from .video import predict_video
-
         try:
             predict_video(predictor, path, out_dir / "video" / f"{name}.mp4", out_dir / "video" / f"{name}_class_shares.csv", opacity=opacity, batch_size=batch_size, progress=progress)
             summary.videos += 1
