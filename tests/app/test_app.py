@@ -171,7 +171,7 @@ def test_bad_ground_truth_masks_give_a_message(app, sample):
 
 
 def test_missing_bundled_model(app, tmp_path, monkeypatch):
-    monkeypatch.setattr("desertseg.models.checkpoint.default_model_path", lambda: tmp_path / "default.safetensors")
+    monkeypatch.setattr("desertseg.app.sidebar.default_model_path", lambda: tmp_path / "default.safetensors")
     app.sidebar.radio(key="model_source").set_value("Bundled default model").run()
     assert "bundled default model is not installed" in messages(app)
     assert "--checkpoint" in messages(app)

@@ -9,6 +9,7 @@ import pytest
 
 from desertseg.data.decoding import read_image
 from desertseg.data.samples import list_samples
+from desertseg.inference import parity
 from desertseg.inference.export import ExportError
 from desertseg.inference.predict import Predictor
 from desertseg.inference.runtime import find_export
@@ -31,7 +32,7 @@ def check_sets(unseen_dir, duality_root, tmp_path_factory):
     from conftest import link_subset
 
     data = link_subset(unseen_dir.parent, tmp_path_factory.mktemp("check"), {unseen_dir.name: 3})
-    sets, errors = quantize.read_check_sets([data / unseen_dir.name, duality_root / "val"])
+    sets, errors = parity.read_check_sets([data / unseen_dir.name, duality_root / "val"])
     assert not errors and [len(s.pairs) for s in sets] == [3, 24]
     sets[1].pairs = sets[1].pairs[:3]
     return sets
@@ -44,8 +45,8 @@ def model(tiny_run, tmp_path):
 
 def test_int8_file_that_passes_the_guard_is_the_default_cpu_path(model, calibration, check_sets, monkeypatch):
 
-    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 0.5)  # the tiny model's own figures are what they are; the
-    monkeypatch.setattr(quantize, "MAX_MIOU_DROP", 1.0)  # plumbing is what is tested here (the bundled model: below)
+    monkeypatch.setattr(parity, "MIN_AGREEMENT", 0.5)  # the tiny model's own figures are what they are; the
+    monkeypatch.setattr(parity, "MAX_MIOU_DROP", 1.0)  # plumbing is what is tested here (the bundled model: below)
     out = model.with_name("tiny.int8.onnx")
     path, q = quantize.export_int8(model, out, calibration, check_sets, progress=False, log=lambda m: None)
     assert path == out and out.is_file()
@@ -71,7 +72,7 @@ def test_int8_file_that_passes_the_guard_is_the_default_cpu_path(model, calibrat
 
 
 def test_failing_the_guard_writes_nothing_and_says_by_how_much(model, calibration, check_sets, monkeypatch):
-    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)  # unreachable
+    monkeypatch.setattr(parity, "MIN_AGREEMENT", 1.01)  # unreachable
     monkeypatch.setattr(quantize, "TRIES", (0,))
     out = model.with_name("tiny.int8.onnx")
     with pytest.raises(ExportError, match=r"no int8 graph passes the parity guard; the best try \(0 blocks float\) reached argmax agreement .*% \(needs >= 101%\)"):

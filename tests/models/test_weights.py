@@ -3,12 +3,8 @@ import zipfile
 import pytest
 import torch
 
-from desertseg.models.pretrained import (
-    MOBILENET_V2_FILE,
-    PretrainedUnavailable,
-    fetch_mobilenet_v2,
-    hub_checkpoint,
-)
+from desertseg.models.fetch import fetch_mobilenet_v2
+from desertseg.models.pretrained import MOBILENET_V2_FILE, PretrainedUnavailable, hub_checkpoint
 from desertseg.models.registry import build_model
 
 

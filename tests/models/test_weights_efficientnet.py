@@ -17,15 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from desertseg.models.pretrained import (
-    EFFICIENTNET_LITE,
-    PretrainedUnavailable,
-    convert_by_position,
-    converted_path,
-    fetch_efficientnet_lite,
-    load_efficientnet_lite,
-    load_source,
-)
+from desertseg.models.fetch import convert_by_position, fetch_efficientnet_lite, load_source
+from desertseg.models.pretrained import EFFICIENTNET_LITE, PretrainedUnavailable, converted_path, load_efficientnet_lite
 from desertseg.models.registry import build_model
 
 VARIANTS = list(EFFICIENTNET_LITE)

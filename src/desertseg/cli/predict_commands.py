@@ -97,7 +97,8 @@ def export(
 def _export_int8(checkpoint: Path, out: Optional[Path], calibration_images: List[str], count: int, check_data: List[Path]) -> None:
     from ..data.decoding import read_image
     from ..inference.inputs import image_paths
-    from ..inference.quantize import export_int8, read_check_sets
+    from ..inference.parity import read_check_sets
+    from ..inference.quantize import export_int8
     from ..inference.runtime import EXPORT_SUFFIXES
 
     if not calibration_images or not check_data:
@@ -139,8 +140,7 @@ def benchmark(
 ) -> None:
     """End-to-end latency on real images (decode -> preprocess -> model -> full-resolution mask): p50/p90, images/s, stage times, peak memory."""
     from ..data.decoding import parse_size
-    from ..inference.benchmark import default_images_dir, format_table, run_benchmark
-    from ..inference.inputs import image_paths
+    from ..inference.benchmark import format_table, run_benchmark
     from ..inference.runtime import check_backend
     from ..io import atomic_write
 
@@ -148,19 +148,7 @@ def benchmark(
     batches = parse_csv(batch, int, "batch")
     if any(b < 1 for b in batches):
         fail(f"--batch sizes must be >= 1, got {batch!r}")
-    if not data:
-        found = default_images_dir()
-        if found is None:
-            fail("no images to benchmark: pass --data FOLDER (e.g. a Color_Images folder of 960x540 PNGs)")
-        data = [str(found)]
-    paths = image_paths(data)
-    samples = None
-    if miou_data is not None:
-        from ..data.samples import find_samples
-
-        samples, problems = find_samples(miou_data)
-        for p in problems:
-            typer.echo(f"warning: {p}", err=True)
+    paths, samples = _benchmark_inputs(data, miou_data)
     report = run_benchmark(
         checkpoint,
         paths,
@@ -182,3 +170,23 @@ def benchmark(
     if json_out is not None:
         atomic_write(json_out, lambda tmp: tmp.write_text(text))
         typer.echo(f"Wrote {json_out}", err=True)
+
+
+def _benchmark_inputs(data: list[str], miou_data: Optional[Path]) -> tuple[list[Path], list | None]:
+    """The images to time (default: the shared unseen environment) and the labelled samples to score, if any."""
+    from ..inference.benchmark import default_images_dir
+    from ..inference.inputs import image_paths
+
+    if not data:
+        found = default_images_dir()
+        if found is None:
+            fail("no images to benchmark: pass --data FOLDER (e.g. a Color_Images folder of 960x540 PNGs)")
+        data = [str(found)]
+    if miou_data is None:
+        return image_paths(data), None
+    from ..data.samples import find_samples
+
+    samples, problems = find_samples(miou_data)
+    for p in problems:
+        typer.echo(f"warning: {p}", err=True)
+    return image_paths(data), samples

@@ -27,43 +27,8 @@ def serve_app(
 
     if importlib.util.find_spec("streamlit") is None:
         fail("the dashboard needs Streamlit: pip install 'desertseg[app]'")
-    env = dict(os.environ)
-    if checkpoint is not None:
-        if not checkpoint.is_file():
-            fail(f"{checkpoint}: model file not found")
-        env["DESERTSEG_APP_CHECKPOINT"] = str(checkpoint.resolve())
-    else:
-        env.pop("DESERTSEG_APP_CHECKPOINT", None)
-    # The page reads the folder from the environment, as it reads --checkpoint; unset means typed paths are off.
-    env.pop("DESERTSEG_APP_MODELS_DIR", None)
-    if models_dir is not None:
-        if not models_dir.is_dir():
-            fail(f"{models_dir}: models folder not found (--models-dir needs an existing folder)")
-        env["DESERTSEG_APP_MODELS_DIR"] = str(models_dir.resolve())
-    page = Path(__file__).parents[1] / "app" / "page.py"
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(page),
-        "--server.headless",
-        "true",
-        "--server.address",
-        host,
-        "--server.port",
-        str(port),
-        "--server.maxUploadSize",
-        str(max_upload_mb),
-        "--browser.gatherUsageStats",
-        "false",
-        "--server.fileWatcherType",
-        "none",
-        "--global.developmentMode",
-        "false",
-        "--client.toolbarMode",
-        "minimal",
-    ]
+    env = _page_env(checkpoint, models_dir)
+    cmd = _streamlit_command(host, port, max_upload_mb)
     typer.echo(f"Dashboard at http://{host}:{port} (Ctrl+C stops it)", err=True)
     if os.name == "posix":
         # Become the server: a SIGTERM or SIGINT sent to this process (by a terminal, systemd,
@@ -75,6 +40,39 @@ def serve_app(
     code = _supervise(cmd, env)
     if code not in (0, -2, 130):
         raise typer.Exit(code)
+
+
+# Streamlit's settings for a served dashboard: no browser opened, no telemetry, no file
+# watcher or developer menu.
+STREAMLIT_FLAGS = {
+    "server.headless": "true",
+    "browser.gatherUsageStats": "false",
+    "server.fileWatcherType": "none",
+    "global.developmentMode": "false",
+    "client.toolbarMode": "minimal",
+}
+
+
+def _page_env(checkpoint: Optional[Path], models_dir: Optional[Path]) -> dict:
+    """The environment the page reads its model settings from; unset means "not given" (typed paths off)."""
+    env = dict(os.environ)
+    env.pop("DESERTSEG_APP_CHECKPOINT", None)
+    env.pop("DESERTSEG_APP_MODELS_DIR", None)
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            fail(f"{checkpoint}: model file not found")
+        env["DESERTSEG_APP_CHECKPOINT"] = str(checkpoint.resolve())
+    if models_dir is not None:
+        if not models_dir.is_dir():
+            fail(f"{models_dir}: models folder not found (--models-dir needs an existing folder)")
+        env["DESERTSEG_APP_MODELS_DIR"] = str(models_dir.resolve())
+    return env
+
+
+def _streamlit_command(host: str, port: int, max_upload_mb: int) -> list[str]:
+    page = Path(__file__).parents[1] / "app" / "page.py"
+    flags = {**STREAMLIT_FLAGS, "server.address": host, "server.port": port, "server.maxUploadSize": max_upload_mb}
+    return [sys.executable, "-m", "streamlit", "run", str(page), *(arg for k, v in flags.items() for arg in (f"--{k}", str(v)))]
 
 
 def _supervise(cmd: list[str], env: dict | None, grace_s: float = 5.0) -> int:

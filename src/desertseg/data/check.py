@@ -14,7 +14,6 @@ decode) unless ``full_decode``; other formats are decoded. Files are read by a t
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections import Counter, defaultdict
@@ -24,73 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import CLASSES, RAW_IDS
-from .decoding import DataError, _open, read_image, read_mask, size_mismatch
+from .decoding import size_mismatch
+from .file_checks import inspect_image, inspect_mask, problem_kind
 from .samples import IMAGE_DIR, IMAGE_SUFFIXES, MASK_DIR, environment, find_split_dirs, pair_by_stem
 
 _KNOWN = np.zeros(65536, dtype=bool)
 _KNOWN[list(RAW_IDS)] = True
 MAX_LISTED = 20  # problems of one kind printed in the table; --json has them all
-
-
-def _kind(message: str) -> str:
-    for needle, kind in (
-        ("permission denied", "unreadable"),
-        ("empty (0 bytes)", "empty_file"),
-        ("over the cap", "too_large"),
-        ("8-bit", "mask_8bit"),
-        ("colour image", "mask_colour"),
-        ("not found", "broken_link"),
-        ("not a regular file", "broken_link"),
-        ("not a readable image", "not_an_image"),
-    ):
-        if needle in message:
-            return kind
-    return "corrupt"
-
-
-def _inspect_image(path: Path, full_decode: bool) -> dict:
-    info: dict = {"path": path}
-    try:
-        info["digest"] = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-        img = _open(path)
-        info["size"], info["mode"] = img.size, img.mode
-        if full_decode or img.format != "PNG":
-            h, w = read_image(path).shape[:2]  # applies EXIF rotation, as training does
-            info["size"] = (w, h)
-        else:
-            try:
-                img.verify()
-            except (OSError, SyntaxError, ValueError) as e:  # PIL reports broken chunks as SyntaxError
-                raise DataError(path, f"image data is damaged or truncated ({e})") from None
-    except DataError as e:
-        info["error"] = e.problem
-    except PermissionError:
-        info["error"] = "permission denied"
-    except OSError as e:
-        info["error"] = f"cannot read file ({e.strerror or e})"
-    return info
-
-
-def _inspect_mask(path: Path) -> dict:
-    info: dict = {"path": path}
-    try:
-        with _open(path) as img:  # header only: the mode as stored (I;16, I, ...)
-            info["mode"] = img.mode
-        raw = read_mask(path)
-        info["size"] = (raw.shape[1], raw.shape[0])
-        counts = np.bincount(raw.ravel(), minlength=65536)
-        ids = np.flatnonzero(counts)  # sparse: a dense 65,536-bin array per mask would cost GBs
-        info["ids"], info["n"] = ids, counts[ids]
-    except DataError as e:
-        info["error"] = e.problem
-        try:  # the mode and size still help to explain the problem
-            with _open(path) as img:
-                info["size"], info["mode"] = img.size, img.mode
-        except Exception:
-            pass
-    except (SyntaxError, ValueError, OSError) as e:
-        info["error"] = f"mask data is damaged or truncated ({e})"
-    return info
 
 
 def _scan(folder: Path, suffixes: tuple[str, ...], split: str, add) -> dict[str, Path]:
@@ -171,7 +110,7 @@ def _inspect_all(plans: list, full_decode: bool, workers: int | None, progress: 
 
     def run(job):
         i, what, p = job
-        return i, what, (_inspect_image(p, full_decode) if what == "image" else _inspect_mask(p))
+        return i, what, (inspect_image(p, full_decode) if what == "image" else inspect_mask(p))
 
     results: dict[tuple[int, str], dict[str, dict]] = defaultdict(dict)
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
@@ -207,7 +146,7 @@ def _summarise_split(plan: tuple, img_info: dict, mask_info: dict, add: _Problem
     envs, sizes, img_modes, mask_modes, unknown = Counter(), Counter(), Counter(), Counter(), Counter()
     for info in list(img_info.values()) + list(mask_info.values()):
         if "error" in info:
-            add("error", _kind(info["error"]), info["path"], info["error"], name)
+            add("error", problem_kind(info["error"]), info["path"], info["error"], name)
     for info in img_info.values():
         if "digest" in info and "error" not in info:
             digests[info["digest"]].append((name, info["path"]))

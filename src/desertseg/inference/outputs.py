@@ -163,14 +163,21 @@ def predict_paths(
     with tqdm(total=len(images), initial=summary.skipped, desc="predict", unit="img", disable=not progress or not images) as bar:
         _run_images(predictor, todo, write, summary, bar, batch_size, confidence, workers)
     if videos:
-        from .video import predict_video  # OpenCV: the video extra, imported only when needed
+        _run_videos(predictor, videos, summary, opacity, batch_size, progress)
+    return summary
+
+
+def _run_videos(predictor, videos: list[tuple[Path, str]], summary: Summary, opacity: float, batch_size: int, progress: bool) -> None:
+    """Each video to ``video/<name>.mp4`` and its class shares per frame; a bad one is an error, the rest go on."""
+    from .video import predict_video  # OpenCV: the video extra, imported only when needed
+
     for path, name in videos:
         try:
-            predict_video(predictor, path, out_dir / "video" / f"{name}.mp4", out_dir / "video" / f"{name}_class_shares.csv", opacity=opacity, batch_size=batch_size, progress=progress)
+            folder = summary.out_dir / "video"
+            predict_video(predictor, path, folder / f"{name}.mp4", folder / f"{name}_class_shares.csv", opacity=opacity, batch_size=batch_size, progress=progress)
             summary.videos += 1
         except DataError as e:
             summary.errors.append(str(e))
-    return summary
 
 
 def _run_images(predictor, todo: list[tuple[Path, str]], write, summary: Summary, bar, batch_size: int, return_probs: bool, workers: int) -> None:

