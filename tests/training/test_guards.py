@@ -106,6 +106,9 @@ def test_accumulate_flag_halves_the_optimizer_steps(tiny_data, tmp_path):
     out = tmp_path / "run"
     proc = run_cli(*train_args(tiny_data, out, "--accumulate", "2"))
     assert proc.returncode == 0, proc.stderr[-2000:]
+    log = proc.stdout + proc.stderr  # desertseg's own device line, none of Lightning's banners or tips
+    assert "Training unet_mobilenet_v2 at 64x36 for 2 epochs on 2 pairs (1 val) with 1 cpu device(s)" in log, log
+    assert not any(noise in log for noise in ("GPU available", "TPU available", "Tip", "max_epochs=2` reached")), log
     state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     # 2 images at batch 1 = 2 batches per epoch; accumulating 2 makes one optimiser step per epoch.
     assert (state["epoch"], state["global_step"]) == (1, 2)

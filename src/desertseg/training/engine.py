@@ -36,10 +36,11 @@ class TrainingDiverged(FloatingPointError, RuntimeError):
 
 
 class _ThirdPartyNoise(logging.Filter):
-    """Drops Lightning's advertisement and internal notes, so that what a user reads during
-    training is desertseg's own output (device lines and warnings still pass)."""
+    """Drops Lightning's advertisement, device banner and internal notes, so that what a user
+    reads during training is desertseg's own output (``fit.train`` prints the device line;
+    Lightning's warnings and its distributed-setup lines still pass)."""
 
-    NOISE = ("💡 Tip", "Loading `train_dataloader` to estimate")
+    NOISE = ("💡 Tip", "Loading `train_dataloader` to estimate", "GPU available:", "TPU available:", "HPU available:", "`Trainer.fit` stopped: `max_epochs=")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.NOISE)

@@ -275,6 +275,9 @@ def train(
     trainer, best = _trainer(config, out, validate, progress, limit_train_batches, accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy)
     workers = resolve_workers(config.num_workers, trainer.num_devices)
     train_ds, val_ds = _datasets(config, data, validate, workers, lead)
+    if lead:  # desertseg's own device line, in place of Lightning's (engine.quiet_lightning)
+        where = f"{trainer.num_devices} {trainer.strategy.root_device.type} device(s)" + (f" x {trainer.num_nodes} nodes" if trainer.num_nodes > 1 else "")
+        print(f"Training {config.model} at {config.size} for {config.epochs} epochs on {len(train_ds)} pairs ({len(val_ds) if val_ds else 'no'} val) with {where}")
     weights = class_weights(pixel_counts(train_ds), config.class_weighting).tolist() if config.class_weighting != "none" else None
     module = SegmentationModule(asdict(config), weights)
 
