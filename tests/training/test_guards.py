@@ -109,6 +109,9 @@ def test_accumulate_flag_halves_the_optimizer_steps(tiny_data, tmp_path):
     log = proc.stdout + proc.stderr  # desertseg's own device line, none of Lightning's banners or tips
     assert "Training unet_mobilenet_v2 at 64x36 for 2 epochs on 2 pairs (1 val) with 1 cpu device(s)" in log, log
     assert not any(noise in log for noise in ("GPU available", "TPU available", "Tip", "max_epochs=2` reached")), log
+    # Not a terminal: one plain line per epoch instead of a progress bar's redraws.
+    assert [line.split(":")[0] for line in log.splitlines() if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"], log
+    assert "train_loss" in log and "val_miou" in log and "━" not in log and "\r" not in log
     state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     # 2 images at batch 1 = 2 batches per epoch; accumulating 2 makes one optimiser step per epoch.
     assert (state["epoch"], state["global_step"]) == (1, 2)

@@ -38,7 +38,7 @@ from ..data.decoding import DataError, SegmentationDataset
 from ..data.samples import find_samples
 from ..errors import TooManyDamagedFiles
 from .config import TrainConfig
-from .engine import AtomicCheckpointIO, KeepingCSVLogger, ResumeState, TrainingDiverged, quiet_lightning, resolve_workers
+from .engine import AtomicCheckpointIO, EpochLines, KeepingCSVLogger, ResumeState, TrainingDiverged, on_terminal, quiet_lightning, resolve_workers
 from .lightning_module import SegmentationData, SegmentationModule
 from .losses import class_weights
 
@@ -156,6 +156,7 @@ def _trainer(config: TrainConfig, out: Path, validate: bool, progress: bool, lim
         # Lightning 2.6's save_last only re-saves when a new best was saved; this one saves every epoch.
         ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
         ResumeState(),
+        *([EpochLines()] if progress and not on_terminal() else []),
     ]
     trainer = L.Trainer(
         max_epochs=config.epochs,
@@ -168,7 +169,7 @@ def _trainer(config: TrainConfig, out: Path, validate: bool, progress: bool, lim
         default_root_dir=out,
         use_distributed_sampler=False,  # our samplers shard by rank (see SegmentationData)
         log_every_n_steps=1,
-        enable_progress_bar=progress,
+        enable_progress_bar=progress and on_terminal(),
         enable_model_summary=False,
         limit_train_batches=limit_train_batches,
         limit_val_batches=None if validate else 0,
