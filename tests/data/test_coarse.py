@@ -24,7 +24,7 @@ from desertseg.data.coarse import (
 from desertseg.data.decoding import read_image, read_mask
 from desertseg.data.formats import get_format
 from desertseg.data.samples import Sample, list_samples
-from desertseg.evaluation.coarse_eval import format_coarse_table, write_coarse_results
+from desertseg.evaluation.coarse_eval import format_coarse_scores, write_coarse_results
 from desertseg.evaluation.loop import evaluate
 from desertseg.inference.predict import Predictor
 
@@ -128,7 +128,7 @@ def test_coarse_evaluation_on_real_ycor_photos(ycor_eval, tmp_path):
     assert [g["group"] for g in result["per_group"]] == list(GROUP_NAMES)
     assert np.asarray(result["label_vs_prediction"]["counts"]).sum() == 3 * 544 * 1024  # every pixel, unlabelled too
     assert len(result["per_image"]) == 3 and all(0 <= p["miou_present"] <= 1 for p in result["per_image"])
-    table = format_coarse_table(result)
+    table = format_coarse_scores(result)
     assert "coarse mIoU" in table and "| traversable grass | traversable ground |" in table
     js, md, png = write_coarse_results(result, tmp_path)
     assert json.loads(js.read_text())["confusion_matrix"] == cm.tolist()
@@ -141,7 +141,7 @@ def test_coarse_evaluation_reports_bad_files_and_finishes(ycor_eval, tmp_path):
     bad = Sample("bad", samples[0].image, tmp_path / "empty.png")
     result = evaluate(predictor, [bad, samples[0]], progress=False, fmt=get_format("ycor"))
     assert result["images"] == 1 and len(result["errors"]) == 1 and "empty.png" in result["errors"][0]
-    assert "1 files could not be read" in format_coarse_table(result)
+    assert "1 files could not be read" in format_coarse_scores(result)
 
 
 def test_duality_evaluation_carries_its_coarse_summary_from_the_same_loop(tiny_run, duality_root):

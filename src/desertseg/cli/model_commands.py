@@ -89,9 +89,9 @@ def evaluate(
 ) -> None:
     """Evaluate a model with one confusion matrix over the whole dataset, at full resolution."""
     from ..data.formats import get_format
-    from ..evaluation.coarse_eval import format_coarse_table, write_coarse_results
+    from ..evaluation.coarse_eval import format_coarse_scores, write_coarse_results
     from ..evaluation.loop import evaluate as run_eval
-    from ..evaluation.loop import format_table, write_results
+    from ..evaluation.loop import format_scores, write_results
 
     if run is not None and report is None:
         fail("--run adds training curves to the HTML report; pass --report DIR as well.")
@@ -105,7 +105,7 @@ def evaluate(
     predictor = make_predictor(checkpoint, device, flip, scales, sliding_window, backend)
     typer.echo(f"Model: {predictor.name} on {predictor.describe_device()}", err=True)
     result = run_eval(predictor, samples[:limit] if limit else samples, protocol=protocol, fmt=fmt)
-    typer.echo(format_table(result) if fine else format_coarse_table(result))
+    typer.echo(format_scores(result) if fine else format_coarse_scores(result))
     if out is not None:
         typer.echo("Wrote " + ", ".join(map(str, write_results(result, out) if fine else write_coarse_results(result, out))))
     if report is not None:

@@ -140,7 +140,7 @@ def benchmark(
 ) -> None:
     """End-to-end latency on real images (decode -> preprocess -> model -> full-resolution mask): p50/p90, images/s, stage times, peak memory."""
     from ..data.decoding import parse_size
-    from ..inference.benchmark import format_table, run_benchmark
+    from ..inference.benchmark import format_benchmark, run_benchmark
     from ..inference.runtime import check_backend
     from ..io import atomic_write
 
@@ -165,7 +165,7 @@ def benchmark(
         miou_samples=samples,
     )
     text = json.dumps(report, indent=2)
-    typer.echo(format_table(report))
+    typer.echo(format_benchmark(report))
     typer.echo(text)
     if json_out is not None:
         atomic_write(json_out, lambda tmp: tmp.write_text(text))

@@ -20,7 +20,7 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None or v != v else f"{v:.4f}"
 
 
-def format_coarse_table(result: dict) -> str:
+def format_coarse_scores(result: dict) -> str:
     """The coarse evaluation as Markdown: per-group metrics, summary, confusion, what labels become."""
     groups = result["groups"]
     lines = [
@@ -70,7 +70,7 @@ def write_coarse_results(result: dict, out_dir: Path | str) -> tuple[Path, Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     js, md, png = out_dir / "coarse_metrics.json", out_dir / "coarse_metrics.md", out_dir / "coarse_confusion.png"
     atomic_write(js, lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
-    text = f"# Coarse evaluation of {result.get('model')} on {result['dataset']}\n\nCheckpoint: `{result.get('checkpoint')}`\n\n" + format_coarse_table(result) + "\n"
+    text = f"# Coarse evaluation of {result.get('model')} on {result['dataset']}\n\nCheckpoint: `{result.get('checkpoint')}`\n\n" + format_coarse_scores(result) + "\n"
     atomic_write(md, lambda tmp: tmp.write_text(text))
     title = f"{result['dataset']}: coarse mIoU {_fmt(result['miou_present'])}, {result['images']} images"
     plot_confusion(result["confusion_matrix"], png, result["groups"], "predicted (desert classes mapped to groups)", f"ground truth ({result['dataset']})", title)

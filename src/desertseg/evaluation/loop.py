@@ -120,7 +120,7 @@ def summaries(cross: np.ndarray, fmt: DatasetFormat) -> dict:
     return coarse
 
 
-def format_table(result: dict) -> str:
+def format_scores(result: dict) -> str:
     """Metrics as a Markdown table (per class, then the summary)."""
     lines = ["| class | IoU | precision | recall | F1 | GT share | pred share |", "|---|---:|---:|---:|---:|---:|---:|"]
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
@@ -154,5 +154,5 @@ def write_results(result: dict, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     js, md = out_dir / "metrics.json", out_dir / "metrics.md"
     js.write_text(json.dumps(result, indent=2))
-    md.write_text(f"# Evaluation of {result.get('model')}\n\nCheckpoint: `{result.get('checkpoint')}`\n\n" + format_table(result) + "\n")
+    md.write_text(f"# Evaluation of {result.get('model')}\n\nCheckpoint: `{result.get('checkpoint')}`\n\n" + format_scores(result) + "\n")
     return js, md

