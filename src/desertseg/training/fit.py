@@ -279,8 +279,8 @@ def train(
     if lead:  # desertseg's own device line, in place of Lightning's (engine.quiet_lightning)
         where = f"{trainer.num_devices} {trainer.strategy.root_device.type} device(s)" + (f" x {trainer.num_nodes} nodes" if trainer.num_nodes > 1 else "")
         print(f"Training {config.model} at {config.size} for {config.epochs} epochs on {len(train_ds)} pairs ({len(val_ds) if val_ds else 'no'} val) with {where}")
-    weights = class_weights(pixel_counts(train_ds), config.class_weighting).tolist() if config.class_weighting != "none" else None
-    module = SegmentationModule(asdict(config), weights)
+    loss_weights = class_weights(pixel_counts(train_ds), config.class_weighting).tolist() if config.class_weighting != "none" else None
+    module = SegmentationModule(asdict(config), loss_weights)
 
     if lead and not resume:
         atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(asdict(config), indent=2)))

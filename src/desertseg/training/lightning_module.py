@@ -107,7 +107,7 @@ class SegmentationModule(L.LightningModule):
     and ``fit`` raises :class:`TooManyDamagedFiles`.
     """
 
-    def __init__(self, config: dict, weights: list[float] | None = None):
+    def __init__(self, config: dict, class_weights: list[float] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = TrainConfig(**config)
@@ -115,7 +115,7 @@ class SegmentationModule(L.LightningModule):
             if getattr(self.cfg, key) not in registry:
                 raise ValueError(f"unknown {key} '{getattr(self.cfg, key)}' ({', '.join(registry)})")
         self.model = build_model(self.cfg.model, NUM_CLASSES, pretrained=self.cfg.pretrained)
-        w = torch.tensor(weights) if weights is not None else None
+        w = torch.tensor(class_weights) if class_weights is not None else None
         self.criterion = SegmentationLoss(self.cfg.loss, class_weights=w, label_smoothing=self.cfg.label_smoothing)
         # Both are torchmetrics states summed over processes by compute() (dist_reduce_fx="sum"),
         # so under DDP the metrics are those of the whole validation set, not a mean of per-rank numbers.
