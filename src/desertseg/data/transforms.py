@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from ..classes import CLASS_NAMES, IGNORE_INDEX
+from ..classes import IGNORE_INDEX
 
 # ImageNet statistics: every encoder here was pretrained with them.
 MEAN = (0.485, 0.456, 0.406)
@@ -33,7 +33,6 @@ AUGMENT_KEYS = {
     "noise": "max std of Gaussian sensor noise (0..1 image scale)",
     "jpeg": "probability of JPEG compression artefacts (quality 30..90)",
     "haze": "probability of haze/fog: blending towards a bright grey",
-    "dusk": "probability of dusk light: the ground darkened more than the sky (told apart by the target's Sky pixels)",
     "vignette": "probability of lens vignetting",
 }
 
@@ -44,9 +43,6 @@ def normalize(image: torch.Tensor, mean: Sequence[float] = MEAN, std: Sequence[f
     mean = torch.tensor(mean, device=image.device, dtype=image.dtype).view(-1, 1, 1)
     std = torch.tensor(std, device=image.device, dtype=image.dtype).view(-1, 1, 1)
     return (image - mean) / std
-
-
-SKY = CLASS_NAMES.index("Sky")
 
 
 def _rand(lo: float, hi: float) -> float:
@@ -102,8 +98,6 @@ class TrainTransform:
         if a.get("white_balance"):
             d = a["white_balance"]
             x = x * torch.empty(3, 1, 1).uniform_(1 - d, 1 + d)
-        if a.get("dusk") and torch.rand(()) < a["dusk"]:
-            x = dusk(x, target == SKY)
         if a.get("haze") and torch.rand(()) < a["haze"]:
             # Atmospheric haze: I = J * t + A * (1 - t), airlight A a bright grey.
             t, airlight = _rand(0.5, 0.9), _rand(0.7, 1.0)
@@ -115,24 +109,6 @@ class TrainTransform:
         if a.get("noise"):
             x = x + torch.randn_like(x) * _rand(0, a["noise"])
         return normalize(x.clamp_(0, 1)), target.long()
-
-
-def dusk(x: torch.Tensor, sky: torch.Tensor) -> torch.Tensor:
-    """Low evening light that keeps sky and ground apart: the ground (every pixel not ``sky``)
-    loses 20-75% of its light and its mid-tones (gamma 1-1.5), the sky keeps at least as much
-    light as the ground (60-100%), and both take one colour cast.
-
-    Plain brightness randomisation as strong as this darkens the sky with the ground and taught
-    the model dark sky = ground (issue 13's probe: Sky IoU 0.84 -> 0.45); here the sky stays
-    the brighter of the two, as it is at dusk.
-
-    Shape: ``x`` ``(3, H, W)`` float in [0, 1], ``sky`` ``(H, W)`` bool -> ``(3, H, W)``.
-    """
-    ground_gain = _rand(0.25, 0.8)
-    sky_gain = _rand(max(0.6, ground_gain), 1.0)
-    cast = torch.empty(3, 1, 1).uniform_(0.85, 1.15)
-    ground = x.clamp(1e-6, 1).pow(_rand(1.0, 1.5)) * ground_gain
-    return torch.where(sky, x * sky_gain, ground) * cast
 
 
 def eval_transform(image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
