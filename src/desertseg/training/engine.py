@@ -1,8 +1,8 @@
 """The machinery under training: deterministic data order and augmentation (whatever the
 worker and process count, resumed or not), RNG state in checkpoints, atomic checkpoint writes,
-a CSV logger that survives --resume, quiet Lightning output and plain epoch lines for logs. The LightningModule itself is
-:mod:`desertseg.training.lightning_module`; :mod:`desertseg.training.fit` puts them together; nothing here is
-needed to run a trained model.
+a CSV logger that survives --resume, quiet Lightning output and plain epoch lines for logs.
+The LightningModule itself is :mod:`desertseg.training.lightning_module`;
+:mod:`desertseg.training.fit` puts them together; nothing here is needed to run a trained model.
 """
 
 from __future__ import annotations
