@@ -3,12 +3,12 @@ published path than when it runs alone (issue 15: 8.1x back to back, 6.6x altern
 
 Times the int8 path's end-to-end p50 on the same real 960x540 images in one process, in turn:
 
-- ``alone``: int8 images back to back, nothing else running;
+- ``alone``: right after another int8 image, nothing else in between;
 - ``after_published``: each int8 image right after one published-path image (as
   ``latency_vs_seed.py`` alternates them);
 - ``after_published_pause``: the same with a 0.2 s pause between the two, which lets the
-  published path's idle OpenMP threads stop spinning (GNU OpenMP spins ~0.1-0.3 s before it
-  sleeps) but leaves the caches as cold as without the pause;
+  published path's idle OpenMP threads stop spinning (GNU OpenMP spins GOMP_SPINCOUNT times,
+  300,000 by default, before it sleeps) but leaves the caches as cold as without the pause;
 - ``after_cache_flush``: each int8 image after a pass over 256 MB of memory (about the
   published model's weights and activations), with no OpenMP thread awake.
 

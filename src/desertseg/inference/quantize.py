@@ -34,7 +34,7 @@ import numpy as np
 from ..data.decoding import resize_image
 from ..io import atomic_write, file_sha256
 from ..models.checkpoint import META_KEY, load_model
-from . import parity
+from . import parity  # thresholds read through the module: one setting for Guard.ok and the messages
 from .export import ExportError, to_onnx_bytes
 from .parity import CheckSet, Guard, guard
 from .runtime import onnx_session, require_onnxruntime

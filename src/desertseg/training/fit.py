@@ -224,15 +224,17 @@ def _release(module: SegmentationModule, config: TrainConfig, out: Path, best) -
 def _fit(trainer, module: SegmentationModule, datamodule: SegmentationData, ckpt_path, out: Path) -> None:
     """``trainer.fit``; a run stopped by damaged files or a diverged loss says which checkpoint is kept."""
     last = out / "checkpoints" / "last.ckpt"
+
+    def kept(what: str) -> str:
+        return f"the {what} is kept: {last} (epoch {_checkpoint_epoch(last)})" if last.exists() else "no checkpoint had been written yet"
+
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except TooManyDamagedFiles as e:
         # Raised after the epoch's checkpoint was written (SegmentationModule.on_fit_end).
-        kept = f"the last checkpoint is kept: {last} (epoch {_checkpoint_epoch(last)})" if last.exists() else "no checkpoint had been written yet"
-        raise TooManyDamagedFiles(f"{e}, then continue with --resume {out}. Training stopped; {kept}.") from None
+        raise TooManyDamagedFiles(f"{e}, then continue with --resume {out}. Training stopped; {kept('last checkpoint')}.") from None
     except FloatingPointError as e:
-        kept = f"the last good checkpoint is kept: {last} (epoch {_checkpoint_epoch(last)})" if last.exists() else "no checkpoint had been written yet"
-        raise TrainingDiverged(f"{e}; training stopped and {kept}. Lower the learning rate or use precision 32-true.") from None
+        raise TrainingDiverged(f"{e}; training stopped and {kept('last good checkpoint')}. Lower the learning rate or use precision 32-true.") from None
 
 
 def train(
