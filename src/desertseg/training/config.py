@@ -40,7 +40,6 @@ class TrainConfig:
     label_smoothing: float = 0.0
     encoder_lr_mult: float = 0.1  # encoder learning rate = lr * this; 0 freezes the encoder
     augment: dict = field(default_factory=lambda: dict(DEFAULT_AUGMENT))
-    class_mix: float = 0.0  # probability that an image gets half the classes of another batch image pasted (ClassMix)
     cache: bool = True  # keep decoded, resized samples in memory (per loader process)
     cache_dir: str | None = None  # on-disk cache of decoded, resized samples (desertseg.data.cache)
     num_workers: int | str = "auto"  # DataLoader workers per process; "auto" from the CPU count

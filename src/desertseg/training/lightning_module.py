@@ -24,7 +24,6 @@ from ..models.registry import build_model, encoder_parameters
 from .config import TrainConfig
 from .engine import EpochShardSampler, SeededAugment, SkipDamaged, TrainingDiverged
 from .losses import SegmentationLoss
-from .mixing import class_mix
 
 # name -> (parameter groups, config) -> optimiser
 OPTIMIZERS: dict[str, Callable[[list, TrainConfig], torch.optim.Optimizer]] = {
@@ -136,7 +135,6 @@ class SegmentationModule(L.LightningModule):
         self._count_damaged("train", damaged)
         if image is None:
             return self._skipped_step()
-        image, target = class_mix(image, target, self.cfg.class_mix)
         loss = self.criterion(self.model(image), target)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"training loss became {loss.item()} at epoch {self.current_epoch}, step {batch_idx} (optimizer step {self.global_step})")
