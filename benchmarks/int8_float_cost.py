@@ -5,7 +5,8 @@ Times the model alone (onnxruntime, one 480x270 training image, p50 of rounds th
 graphs in turn) for the float32 graph, the shipped int8 graph (its float blocks as its
 metadata names them), the same model with every block int8 (which fails the parity guard),
 and with each shipped float block alone kept float. All int8 graphs are quantized here from
-the bundled float model with the export's calibration (32 training images). Prints JSON.
+the bundled float model, calibrated like the export on 32 training images (every third one; which
+images does not change the timing). Prints JSON.
 
     python benchmarks/int8_float_cost.py --threads 2
 """
