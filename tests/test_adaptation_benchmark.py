@@ -1,0 +1,67 @@
+"""benchmarks/adaptation.py: BatchNorm re-estimation and Tent on a real trained model and real
+frames of an environment it never saw (w0)."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from desertseg.data.samples import list_samples
+from desertseg.models.checkpoint import load_model, read_metadata
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "adaptation.py"
+spec = importlib.util.spec_from_file_location("adaptation_benchmark", SCRIPT)
+adaptation = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(adaptation)
+
+
+def _setup(tiny_run, unseen_dir, n=4):
+    path = tiny_run / "best.safetensors"
+    samples = list_samples(unseen_dir)[0][:n]
+    return path, adaptation._inputs(read_metadata(path), samples)
+
+
+def _first_bn_input(model, x):
+    """What the first BatchNorm sees for ``x`` (eval mode, so nothing is updated)."""
+    bn = adaptation._batch_norms(model)[0]
+    seen = []
+    handle = bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    with torch.no_grad():
+        model.eval()(x)
+    handle.remove()
+    return bn, seen[0]
+
+
+def test_bn_statistics_come_from_the_target_frames(tiny_run, unseen_dir):
+    path, x = _setup(tiny_run, unseen_dir)
+    model, _ = load_model(path)
+    bn, feats = _first_bn_input(model, x)
+    source = bn.running_mean.clone()
+    adaptation.adapt_bn(model, x, alpha=1.0, batch_size=len(x))
+    target = feats.mean((0, 2, 3))
+    assert torch.allclose(bn.running_mean, target, atol=1e-4)
+    assert not torch.allclose(source, target, atol=1e-3)  # w0 differs from what it trained on
+    assert not bn.training  # left ready for inference
+
+
+def test_alpha_mixes_source_and_target(tiny_run, unseen_dir):
+    path, x = _setup(tiny_run, unseen_dir)
+    source_model, _ = load_model(path)
+    full, _ = load_model(path)
+    half, _ = load_model(path)
+    adaptation.adapt_bn(full, x, alpha=1.0)
+    adaptation.adapt_bn(half, x, alpha=0.5)
+    for s, f, h in zip(*(adaptation._batch_norms(m) for m in (source_model, full, half))):
+        assert torch.allclose(h.running_mean, (s.running_mean + f.running_mean) / 2, atol=1e-5)
+        assert torch.allclose(h.running_var, (s.running_var + f.running_var) / 2, atol=1e-5)
+
+
+def test_tent_changes_only_batch_norm_affine_parameters(tiny_run, unseen_dir):
+    path, x = _setup(tiny_run, unseen_dir)
+    before, _ = load_model(path)
+    after, _ = load_model(path)
+    adaptation.adapt_tent(after, x, steps=3, batch_size=2)
+    affine = {id(p) for m in adaptation._batch_norms(after) for p in (m.weight, m.bias)}
+    changed = {name for (name, p), q in zip(after.named_parameters(), before.parameters()) if not torch.equal(p, q)}
+    assert changed, "Tent left every parameter as it was"
+    assert all(id(dict(after.named_parameters())[n]) in affine for n in changed)
