@@ -1,0 +1,136 @@
+"""PyTorch's PT2E int8 flow (torchao, X86InductorQuantizer, torch.compile) against the shipped
+onnxruntime QDQ int8 file, on the same model, images and threads (issue 15: "whichever measures
+better here"). Prints JSON: each path's model-only p50 latency at the model's input size
+(paths alternating image by image) and, at full resolution, its pixel agreement with float32
+and its mIoU on the shared val and w0 splits.
+
+    pip install torchao   # not a desertseg dependency: this benchmark only
+    python benchmarks/pt2e_vs_onnx.py --threads 2
+
+PT2E: ``torch.export`` of the float32 model, ``prepare_pt2e`` with the x86 quantizer's default
+static config (int8 per-channel weights, uint8 per-tensor activations), calibrated on the same
+training images as the shipped file (the first ``--calibration`` of train/Color_Images, sorted),
+``convert_pt2e``, then ``torch.compile`` (inductor, freezing on), which is where int8 kernels
+replace the quantize/dequantize pairs. Two PT2E models: one keeps float the same blocks as the
+shipped file (read from its metadata; ``set_module_name_qconfig(block, None)``), one quantizes
+every block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "duality_sample"
+SPLITS = {"val": SHARED / "Offroad_Segmentation_Training_Dataset" / "val", "w0": SHARED / "Offroad_Segmentation_testImages"}
+
+
+def _input(path: Path, size: tuple[int, int], mean, std) -> torch.Tensor:
+    from desertseg.data.decoding import read_image
+    from desertseg.data.transforms import normalize
+    from desertseg.inference.predict import Predictor
+
+    x = Predictor._batch(Predictor.__new__(Predictor), [read_image(path)], size)
+    return normalize(x, mean, std)
+
+
+def pt2e_model(model: torch.nn.Module, calibration: list[torch.Tensor], float_blocks: list[str] = ()):
+    """``model`` quantized with PT2E and the x86 quantizer, calibrated on ``calibration``,
+    compiled; the modules named in ``float_blocks`` (e.g. ``encoder.features.1``) stay float."""
+    import torch._inductor.config as inductor_config
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    prefix = "model." if hasattr(model, "model") else ""  # the registry's padding wrapper
+    for block in float_blocks:
+        quantizer.set_module_name_qconfig(prefix + block, None)
+    with torch.no_grad():
+        exported = torch.export.export(model.eval(), (calibration[0],)).module()
+        prepared = prepare_pt2e(exported, quantizer)
+        for x in calibration:
+            prepared(x)
+        converted = convert_pt2e(prepared)
+    inductor_config.freezing = True  # constant-folds the weights into int8 kernels
+    compiled = torch.compile(converted)
+    with torch.no_grad():
+        compiled(calibration[0])  # compile now, not inside the timing
+    return compiled
+
+
+def main() -> None:
+    from desertseg.data.samples import list_samples
+    from desertseg.inference.runtime import OnnxRunner, fuse_conv_bn, onnx_session, session_metadata, upsample_argmax
+    from desertseg.metrics import confusion_matrix, summarize
+    from desertseg.models.checkpoint import default_model_path, input_normalisation, load_model
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, default=default_model_path())
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--calibration", type=int, default=32)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model, meta = load_model(args.checkpoint)
+    size, (mean, std) = tuple(meta["input_size"]), input_normalisation(meta, args.checkpoint)
+    train_images = sorted((SHARED / "Offroad_Segmentation_Training_Dataset" / "train" / "Color_Images").iterdir())
+    int8_file = args.checkpoint.with_name(args.checkpoint.stem + ".int8.onnx")
+    session = onnx_session(int8_file, threads=args.threads)
+    float_blocks = [b["block"] for b in session_metadata(session, int8_file)["quantization"]["float_blocks"]]
+    calibration = [_input(p, size, mean, std) for p in train_images[: args.calibration]]
+    t0 = time.perf_counter()
+    pt2e = pt2e_model(model, calibration, float_blocks)
+    build_s = time.perf_counter() - t0
+    pt2e_all = pt2e_model(model, calibration)
+    float32 = fuse_conv_bn(model).eval()
+    session = OnnxRunner(session)
+    # The ONNX graph normalises its own [0, 1] input; the torch paths take normalised input.
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    paths = {
+        "float32 (torch eager)": float32,
+        "int8 onnxruntime (shipped)": lambda x: session(x * s + m),
+        "int8 PT2E (inductor), the shipped file's float blocks": pt2e,
+        "int8 PT2E (inductor), every block int8": pt2e_all,
+    }
+    times = {k: [] for k in paths}
+    cms = {(k, split): 0 for k in paths for split in SPLITS}
+    agree = {(k, split): [0, 0] for k in paths for split in SPLITS}
+    from desertseg.classes import raw_to_index
+    from desertseg.data.decoding import read_mask
+
+    with torch.no_grad():
+        for split, folder in SPLITS.items():
+            for sample in list_samples(folder)[0]:
+                x, target = _input(sample.image, size, mean, std), raw_to_index(read_mask(sample.mask))
+                masks = {}
+                for name, run in paths.items():
+                    t = time.perf_counter()
+                    logits = run(x)
+                    times[name].append(time.perf_counter() - t)
+                    masks[name] = upsample_argmax(logits[0], target.shape)
+                    cms[name, split] = cms[name, split] + confusion_matrix(masks[name], target)
+                for name in paths:
+                    agree[name, split][0] += int((masks[name] == masks["float32 (torch eager)"]).sum())
+                    agree[name, split][1] += masks[name].size
+                print(f"{split} {sample.name}", file=sys.stderr)
+    out = {"checkpoint": str(args.checkpoint), "threads": args.threads, "input_size": list(size), "pt2e_build_s": round(build_s, 1), "float_blocks": float_blocks, "paths": {}}
+    for name in paths:
+        out["paths"][name] = {
+            "model_p50_ms": round(1000 * float(np.median(times[name][2:])), 1),
+            **{
+                split: {"agreement_with_float32": round(agree[name, split][0] / agree[name, split][1], 4), **{k: round(summarize(cms[name, split])[k], 4) for k in ("miou_all", "miou_present")}}
+                for split in SPLITS
+            },
+        }
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
