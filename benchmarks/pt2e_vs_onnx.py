@@ -2,7 +2,8 @@
 onnxruntime QDQ int8 file, on the same model, images and threads (issue 15: "whichever measures
 better here"). Prints JSON: each path's model-only p50 latency at the model's input size
 (paths alternating image by image) and, at full resolution, its pixel agreement with float32
-and its mIoU on the shared val and w0 splits.
+and its mIoU on the shared val and w0 splits; then end to end (file to full-resolution mask) the
+published path, our default path and the PT2E model, alternating image by image.
 
     pip install torchao   # not a desertseg dependency: this benchmark only
     python benchmarks/pt2e_vs_onnx.py --threads 2
@@ -32,13 +33,18 @@ SHARED = ROOT.parent / "shared" / "data" / "duality_sample"
 SPLITS = {"val": SHARED / "Offroad_Segmentation_Training_Dataset" / "val", "w0": SHARED / "Offroad_Segmentation_testImages"}
 
 
-def _input(path: Path, size: tuple[int, int], mean, std) -> torch.Tensor:
-    from desertseg.data.decoding import read_image
+def _normalised(x: torch.Tensor, mean, std) -> torch.Tensor:
     from desertseg.data.transforms import normalize
+
+    return normalize(x, mean, std)
+
+
+def _input(path: Path, size: tuple[int, int], mean, std) -> torch.Tensor:
+    """An image file as the torch paths see it: the Predictor's resize, then normalised."""
+    from desertseg.data.decoding import read_image
     from desertseg.inference.predict import Predictor
 
-    x = Predictor._batch(Predictor.__new__(Predictor), [read_image(path)], size)
-    return normalize(x, mean, std)
+    return _normalised(Predictor._batch(Predictor.__new__(Predictor), [read_image(path)], size), mean, std)
 
 
 def pt2e_model(model: torch.nn.Module, calibration: list[torch.Tensor], float_blocks: list[str] = ()):
@@ -76,6 +82,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, default=default_model_path())
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calibration", type=int, default=32)
+    ap.add_argument("--images", type=int, default=30, help="timed images per path, end to end")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, meta = load_model(args.checkpoint)
@@ -129,7 +136,44 @@ def main() -> None:
                 for split in SPLITS
             },
         }
+    out["end_to_end"] = end_to_end(args.checkpoint, pt2e, size, mean, std, args.images)
     print(json.dumps(out, indent=1))
+
+
+def end_to_end(checkpoint: Path, pt2e, size, mean, std, count: int) -> dict:
+    """p50 ms per w0 PNG from file to full-resolution mask, three paths alternating image by
+    image: the published path, our default path (``Predictor.from_checkpoint``, the shipped
+    int8 file) and the same steps as the Predictor's with the PT2E model in place of onnxruntime."""
+    from desertseg.data.decoding import read_image
+    from desertseg.data.samples import list_samples
+    from desertseg.inference.benchmark import PublishedPath
+    from desertseg.inference.predict import Predictor
+    from desertseg.inference.runtime import upsample_argmax
+
+    published, default = PublishedPath(), Predictor.from_checkpoint(checkpoint, device="cpu")
+
+    def ours_pt2e(path: Path) -> np.ndarray:
+        image = read_image(path)
+        with torch.no_grad():
+            logits = pt2e(_normalised(Predictor._batch(Predictor.__new__(Predictor), [image], size), mean, std))
+        return upsample_argmax(logits[0], image.shape[:2])
+
+    paths = {
+        "published (DeepLabV3-ResNet50 256x256, PIL)": lambda p: published.predict_batch([published.decode(p)])[0].mask,
+        f"default path ({default.backend})": lambda p: default.predict(read_image(p)).mask,
+        "int8 PT2E (inductor), the shipped file's float blocks": ours_pt2e,
+    }
+    files = [s.image for s in list_samples(SPLITS["w0"])[0]]
+    files = [files[i % len(files)] for i in range(count + 2)]
+    times = {k: [] for k in paths}
+    for f in files:
+        for name, run in paths.items():
+            t = time.perf_counter()
+            run(f)
+            times[name].append(time.perf_counter() - t)
+    p50 = {k: 1000 * float(np.median(v[2:])) for k, v in times.items()}  # the first two warm up
+    base = p50[next(iter(p50))]
+    return {k: {"p50_ms": round(v, 1), "x_published": round(base / v, 2)} for k, v in p50.items()}
 
 
 if __name__ == "__main__":
