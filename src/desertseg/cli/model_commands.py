@@ -79,7 +79,7 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N images."),
     backend: str = typer.Option(
         "auto",
-        help="Inference backend: auto (the fastest path that passes the parity guard: on a CPU the int8 export beside the model file when there is one, else PyTorch; onnxruntime for an .onnx file), torch, onnx or int8 (the float32 / int8 export of the same file lying beside it).",
+        help="Inference backend: auto (the fastest path that passes the parity guard: on a CPU the int8 export beside the model file when there is one, else PyTorch; onnxruntime for an .onnx file), torch, onnx or int8 (the float32 / int8 export of the same file lying beside it), or pt2e (the int8 PT2E calibration beside it, compiled at load: ~11 s more to start, faster per image; needs the pt2e extra).",
     ),
     report: Optional[Path] = typer.Option(None, help="Folder for a self-contained HTML report (report.html) and its PNG figures."),
     run: Optional[Path] = typer.Option(None, help="Training run folder whose curves are added to the report (needs --report)."),

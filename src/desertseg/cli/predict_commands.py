@@ -27,7 +27,7 @@ def predict(
     coarse: bool = typer.Option(False, help="Also write the coarse-group view (sky, tall and low vegetation, traversable ground, obstacle)."),
     backend: str = typer.Option(
         "auto",
-        help="Inference backend: auto (the fastest path that passes the parity guard: on a CPU the int8 export beside the model file when there is one, else PyTorch; onnxruntime for an .onnx file), torch, onnx or int8 (the float32 / int8 export of the same file lying beside it).",
+        help="Inference backend: auto (the fastest path that passes the parity guard: on a CPU the int8 export beside the model file when there is one, else PyTorch; onnxruntime for an .onnx file), torch, onnx or int8 (the float32 / int8 export of the same file lying beside it), or pt2e (the int8 PT2E calibration beside it, compiled at load: ~11 s more to start, faster per image; needs the pt2e extra).",
     ),
     cost_map: bool = typer.Option(False, help="Also write an 8-bit traversability cost map per image (0 free ... 254 lethal, 255 unknown; costs per class in desertseg.data.coarse)."),
     recursive: bool = typer.Option(False, help="Search folders recursively; outputs keep the sub-folders (index/day1/a.png, index/day2/a.png)."),
@@ -66,6 +66,10 @@ def export(
     calibration_images: List[str] = typer.Option([], "--calibration-images", help="int8: real training images (files, folders, globs) to calibrate activation ranges on; repeatable."),
     calibration_count: int = typer.Option(32, min=1, help="int8: how many calibration images, spread evenly over those given."),
     check_data: List[Path] = typer.Option([], "--check-data", help="int8: labelled split folders (Color_Images + Segmentation) the guard scores at full resolution; repeatable."),
+    engine: str = typer.Option(
+        "onnxruntime",
+        help="int8: onnxruntime (an .int8.onnx graph, the default CPU path) or pt2e (a .pt2e calibration for PyTorch's PT2E flow, run with --backend pt2e; needs the pt2e extra and a C++ compiler).",
+    ),
     opset: int = typer.Option(18, min=17, help="ONNX opset version (>= 17)."),
     no_check: bool = typer.Option(False, "--no-check", help="float32: skip the parity check (not recommended)."),
 ) -> None:
@@ -80,8 +84,10 @@ def export(
     if precision not in ("float32", "int8"):
         fail(f"unsupported --precision {precision!r}; choose float32 or int8")
     checkpoint = checkpoint or default_model_path()
+    if engine not in ("onnxruntime", "pt2e"):
+        fail(f"unsupported --engine {engine!r}; choose onnxruntime or pt2e")
     if precision == "int8":
-        return _export_int8(checkpoint, out, calibration_images, calibration_count, check_data)
+        return _export_int8(checkpoint, out, calibration_images, calibration_count, check_data, engine)
     if not check_images and not no_check:
         fail("the parity check needs real images: pass --check-images FOLDER (e.g. a Color_Images folder) or --no-check to skip it")
     out = out or checkpoint.with_suffix(".onnx")
@@ -94,7 +100,7 @@ def export(
         typer.echo(f"Parity with PyTorch on {parity.images} real images at {sizes}: max |logit difference| {parity.max_abs_logit_diff:.3g}, argmax agreement {parity.argmax_agreement:.4%} (OK)")
 
 
-def _export_int8(checkpoint: Path, out: Optional[Path], calibration_images: List[str], count: int, check_data: List[Path]) -> None:
+def _export_int8(checkpoint: Path, out: Optional[Path], calibration_images: List[str], count: int, check_data: List[Path], engine: str = "onnxruntime") -> None:
     from ..data.decoding import read_image
     from ..inference.inputs import image_paths
     from ..inference.parity import read_check_sets
@@ -108,11 +114,19 @@ def _export_int8(checkpoint: Path, out: Optional[Path], calibration_images: List
     check_sets, errors = read_check_sets(check_data)
     for e in errors:
         typer.echo(f"warning: skipped {e}", err=True)
-    out = out or checkpoint.with_name(checkpoint.stem + EXPORT_SUFFIXES["int8"])
-    typer.echo(f"Quantizing {checkpoint} to int8, calibrated on {len(paths)} images; guard on {', '.join(f'{c.name} ({len(c.pairs)} pairs)' for c in check_sets)} ...", err=True)
-    path, q = export_int8(checkpoint, out, [read_image(p) for p in paths], check_sets, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"Quantizing {checkpoint} to int8 ({engine}), calibrated on {len(paths)} images; guard on {', '.join(f'{c.name} ({len(c.pairs)} pairs)' for c in check_sets)} ...", err=True)
+    log = lambda m: typer.echo(m, err=True)  # noqa: E731
+    images = [read_image(p) for p in paths]
+    if engine == "pt2e":
+        from ..inference.pt2e import SUFFIX
+        from ..inference.pt2e_export import export_pt2e, onnx_ranking
+
+        ranking, start = onnx_ranking(checkpoint)
+        path, q = export_pt2e(checkpoint, out or checkpoint.with_name(checkpoint.stem + SUFFIX), images, check_sets, ranking, start=start, log=log)
+    else:
+        path, q = export_int8(checkpoint, out or checkpoint.with_name(checkpoint.stem + EXPORT_SUFFIXES["int8"]), images, check_sets, log=log)
     kept = ", ".join(b["block"] for b in q["float_blocks"]) or "none"
-    typer.echo(f"Wrote {path} ({path.stat().st_size / 2**20:.1f} MB); blocks kept float ({len(q['float_blocks'])} of {q['blocks']}): {kept}")
+    typer.echo(f"Wrote {path} ({path.stat().st_size / 2**20:.1f} MB); blocks kept float ({len(q['float_blocks'])}): {kept}")
     for name, r in q["guard"]["sets"].items():
         typer.echo(
             f"  {name}: agreement {r['agreement']:.2%}, mIoU all {r['miou_all_float32']:.4f} -> {r['miou_all_int8']:.4f}, present {r['miou_present_float32']:.4f} -> {r['miou_present_int8']:.4f}"
@@ -124,7 +138,7 @@ def _export_int8(checkpoint: Path, out: Optional[Path], calibration_images: List
 @app.command()
 def benchmark(
     checkpoint: Optional[Path] = typer.Option(None, help="Model file (.safetensors or .onnx); the bundled default model when omitted."),
-    backend: str = typer.Option("auto", help="Backends to compare, comma-separated: auto, torch, onnx."),
+    backend: str = typer.Option("auto", help="Backends to compare, comma-separated: auto, torch, onnx, int8, pt2e."),
     batch: str = typer.Option("1", help="Batch sizes, comma-separated, e.g. 1,8."),
     size: Optional[str] = typer.Option(None, help="Run the model at this input size, WIDTHxHEIGHT (default: the model's own)."),
     images: int = typer.Option(8, min=1, help="Timed images per configuration (after one warm-up batch)."),

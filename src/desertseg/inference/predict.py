@@ -99,7 +99,9 @@ class Predictor:
         check_backend(backend)
         self.device = pick_device(device)
         mean, std = input_normalisation(metadata, metadata.get("path", "model metadata"))
-        if _is_session(model):
+        if backend == "pt2e":  # a compiled PT2E int8 graph (inference.pt2e.Pt2eRunner)
+            self.model, self.runner = model, model
+        elif _is_session(model):
             if backend == "torch":
                 raise ValueError("an ONNX model runs only with backend 'onnx'; load the .safetensors model file for the torch backend")
             self.model, self.runner = model, OnnxRunner(model)
@@ -110,7 +112,7 @@ class Predictor:
             self.model = model.eval().to(self.device)
             self.runner = TorchRunner(self.model, self.device, mean, std, bf16=bf16, compile=compile)
         self.precision = str(metadata.get("precision", "float32"))
-        self.backend = "int8" if self.precision == "int8" else self.runner.name
+        self.backend = self.runner.name if self.runner.name == "pt2e" else "int8" if self.precision == "int8" else self.runner.name
         self.metadata = metadata
         self.input_size: tuple[int, int] = tuple(metadata["input_size"])  # (H, W)
         self.num_classes = int(metadata["num_classes"])
@@ -134,10 +136,16 @@ class Predictor:
         """
         path = Path(path) if path is not None else default_model_path()
         device = pick_device(kwargs.get("device"))
-        backend, path = resolve_backend(path, kwargs.pop("backend", "auto"), device)
+        backend, found = resolve_backend(path, kwargs.pop("backend", "auto"), device)
+        path, pt2e_file = (path, found) if backend == "pt2e" else (found, None)
         if backend == "torch":
             model, meta = load_model(path)
             return cls(model, {**meta, "path": str(path)}, backend="torch", **kwargs)
+        if backend == "pt2e":
+            from .pt2e import load
+
+            runner, meta = load(path, pt2e_file)
+            return cls(runner, meta, backend="pt2e", **kwargs)
         session = onnx_session(path, device.type)
         meta = {**session_metadata(session, path), "path": str(path)}
         if backend == "int8" and meta.get("precision") != "int8":
@@ -150,7 +158,7 @@ class Predictor:
 
     def describe_device(self) -> str:
         """Where and how the model runs, e.g. ``cpu (x86_64, 2 threads), onnxruntime``."""
-        engine = {"onnx": "onnxruntime", "int8": "onnxruntime int8"}.get(self.backend, "pytorch")
+        engine = {"onnx": "onnxruntime", "int8": "onnxruntime int8", "pt2e": "PyTorch PT2E int8 (inductor)"}.get(self.backend, "pytorch")
         return f"{describe_device(self.device)}, {engine}"
 
     def _batch(self, images: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
@@ -259,6 +267,19 @@ def resolve_backend(path: Path, backend: str, device: torch.device) -> tuple[str
         return backend if backend != "auto" else "onnx", path
     if backend == "torch" or (backend == "auto" and device.type != "cpu"):
         return "torch", path
+    if backend == "pt2e":
+        from .pt2e import find, require_torchao
+
+        require_torchao()
+        if device.type != "cpu":
+            raise ValueError("backend 'pt2e' runs on the CPU; use backend 'torch' on GPUs")
+        found = find(path)
+        if found is None:
+            raise CheckpointError(
+                path,
+                f"no PT2E calibration of this file beside it; write one with `desertseg export --precision int8 --engine pt2e --checkpoint {path} --calibration-images TRAIN_IMAGES --check-data LABELLED_SPLIT`",
+            )
+        return "pt2e", found
     if backend != "auto":
         require_onnxruntime()
     found = find_export(path, "float32" if backend == "onnx" else "int8")

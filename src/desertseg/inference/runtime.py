@@ -24,7 +24,7 @@ from ..errors import MissingExtra
 from ..io import file_sha256
 from ..models.checkpoint import META_KEY, CheckpointError
 
-BACKENDS = ("auto", "torch", "onnx", "int8")
+BACKENDS = ("auto", "torch", "onnx", "int8", "pt2e")
 INSTALL_HINT = "onnxruntime is not installed; install it with `pip install desertseg[onnx]`"
 # bf16 autocast must agree with float32 on this share of pixels to be used.
 BF16_MIN_AGREEMENT = 0.999

@@ -1,0 +1,97 @@
+"""Writing a PT2E int8 calibration (``<stem>.pt2e``, see :mod:`desertseg.inference.pt2e`):
+calibrated on real training images, kept only when it passes the parity guard
+(:mod:`desertseg.inference.parity`), the blocks kept float starting from the onnxruntime int8
+export's per-block sensitivity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..io import atomic_write, file_sha256
+from ..models.checkpoint import META_KEY, CheckpointError, input_normalisation, load_model
+from . import parity
+from .parity import CheckSet, guard
+from .pt2e import Pt2eRunner, example_input, observer_state, prepare, require_torchao
+
+
+def _calibrated(model: torch.nn.Module, meta: dict, calibration: Sequence[torch.Tensor], float_blocks: Sequence[str]) -> torch.nn.Module:
+    prepared = prepare(model, example_input(meta), float_blocks)
+    with torch.no_grad():
+        for x in calibration:
+            prepared(x)
+    return prepared
+
+
+def onnx_ranking(checkpoint: Path | str) -> tuple[list[str], int]:
+    """Blocks most sensitive first, and how many stayed float, as the onnxruntime int8 export
+    of ``checkpoint`` measured them (per-block SQNR of the logits): PT2E starts from its choice."""
+    from .runtime import find_export, onnx_session, session_metadata
+
+    found = find_export(checkpoint, "int8")
+    if found is None:
+        raise CheckpointError(
+            checkpoint, "the pt2e engine starts from the per-block sensitivity that the onnxruntime int8 export measured; run `desertseg export --precision int8` (engine onnxruntime) first"
+        )
+    q = session_metadata(onnx_session(found), found)["quantization"]
+    return sorted(q["sensitivity_db"], key=q["sensitivity_db"].get), len(q["float_blocks"])
+
+
+def export_pt2e(
+    checkpoint: Path | str, out: Path | str, calibration: Sequence[np.ndarray], check_sets: Sequence[CheckSet], ranking: Sequence[str], start: int = 0, log: Callable[[str], None] = print
+) -> tuple[Path, dict]:
+    """Calibrate ``checkpoint``'s model with PT2E on ``calibration`` (real ``(H, W, 3)`` uint8
+    training images) and write ``out`` when, with the first ``k`` blocks of ``ranking`` (most
+    sensitive first) kept float, it passes the parity guard on ``check_sets``; ``k`` starts at
+    ``start`` and grows as the onnxruntime export's does. Raises ``ExportError`` (nothing
+    written) when no try passes."""
+    from safetensors.torch import save_file
+
+    from ..data.decoding import resize_image
+    from ..data.transforms import normalize
+    from .export import ExportError
+    from .predict import Predictor
+    from .quantize import TRIES
+
+    require_torchao()
+    checkpoint, out = Path(checkpoint), Path(out)
+    model, meta = load_model(checkpoint)
+    mean, std = input_normalisation(meta, checkpoint)
+    size = tuple(meta["input_size"])
+    calib = [normalize(torch.from_numpy(np.array(resize_image(im, size))).permute(2, 0, 1)[None].float() / 255, mean, std) for im in calibration]
+    float_predictor = Predictor(model, meta, device="cpu", backend="torch")
+    float_masks = {cs.name: [float_predictor.predict(image).mask for image, _ in cs.pairs] for cs in check_sets}
+    tries = []
+    for k in sorted({start, *(t for t in TRIES if start < t <= len(ranking))}):
+        kept = list(ranking[:k])
+        prepared = _calibrated(model, meta, calib, kept)
+        predictor = Predictor(Pt2eRunner(prepared, example_input(meta), mean, std), {**meta, "precision": "int8"}, device="cpu", backend="pt2e")
+        result = guard(float_masks, {cs.name: [predictor.predict(image).mask for image, _ in cs.pairs] for cs in check_sets}, check_sets)
+        tries.append({"float_blocks": kept, "worst_agreement": result.worst_agreement, "worst_miou_drop": result.worst_drop})
+        log(f"  {k} blocks float: {result.describe()}")
+        if result.ok:
+            break
+    else:
+        best = max(tries, key=lambda t: t["worst_agreement"])
+        raise ExportError(
+            f"{out}: no PT2E int8 graph passes the parity guard; the best try ({len(best['float_blocks'])} blocks float) reached argmax agreement {best['worst_agreement']:.2%} with a worst mIoU drop of {best['worst_miou_drop']:+.4f}; file not written"
+        )
+    import torchao
+
+    quantization = {
+        "method": "PyTorch PT2E: torchao X86InductorQuantizer default static config (int8 per-channel weights, uint8 histogram-calibrated activations), torch.compile with freezing",
+        "engine": "pt2e",
+        "versions": {"torch": torch.__version__, "torchao": torchao.__version__},
+        "calibration_images": len(calib),
+        "float_blocks": [{"block": b} for b in kept],
+        "guard": {"passed": True, "min_agreement": parity.MIN_AGREEMENT, "max_miou_drop": parity.MAX_MIOU_DROP, "sets": result.sets},
+        "tries": tries,
+    }
+    info = {"format": "desertseg-pt2e/1", "source_sha256": file_sha256(checkpoint), "source_file": checkpoint.name, "input_size": list(size), "quantization": quantization}
+    state = observer_state(prepared)
+    atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata={META_KEY: json.dumps(info)}))
+    return out, quantization
