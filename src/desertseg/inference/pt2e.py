@@ -98,7 +98,8 @@ class Pt2eRunner:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         from ..data.transforms import normalize
 
-        x = normalize(x.cpu(), self.mean, self.std)
+        # Contiguous like the example it was compiled for: other strides would compile it again.
+        x = normalize(x.cpu(), self.mean, self.std).contiguous()
         return torch.cat([self._run(x[i : i + 1]) for i in range(len(x))]).float()
 
 
