@@ -4,6 +4,7 @@ only when it passes the parity guard on real labelled frames, and refused when s
 import shutil
 
 import pytest
+from torch._dynamo.utils import counters
 
 pytest.importorskip("torchao", reason="the pt2e extra is not installed")
 
@@ -39,8 +40,10 @@ def test_calibrate_guard_write_and_load(tmp_path, duality_root, unseen_dir):
     ref = Predictor.from_checkpoint(checkpoint, device="cpu", backend="torch")
     assert fast.backend == "pt2e" and "PT2E" in fast.describe_device()
     images = [image for image, _ in check_sets[0].pairs[:2]]
+    compiled = dict(counters["frames"])
     for a, b in zip(fast.predict_batch(images), ref.predict_batch(images)):
         assert a.mask.shape == (540, 960) and (a.mask == b.mask).mean() >= 0.99
+    assert dict(counters["frames"]) == compiled  # compiled once, at load: real images compile nothing more
 
 
 def test_calibration_of_another_file_is_refused(tmp_path, tiny_run):
