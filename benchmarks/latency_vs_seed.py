@@ -76,7 +76,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=default_model_path(), help="our model file (default: the bundled default model)")
-    ap.add_argument("--backends", default="auto,torch,int8", help="our paths, comma-separated: auto (the default path), torch, onnx, int8 (exports beside the model file)")
+    ap.add_argument("--backends", default="auto,torch,int8", help="our paths, comma-separated: auto (the default path), torch, onnx, int8, pt2e (exports beside the model file)")
     ap.add_argument("--seed-checkpoint", type=Path, default=None, help="a trained deeplabv3_resnet50 model file; untrained weights (timing only) when omitted")
     ap.add_argument("--unseen", type=Path, default=UNSEEN, help="split folder with Color_Images/ and Segmentation/")
     ap.add_argument("--images", type=int, default=30, help="timed images per path")

@@ -43,6 +43,12 @@ def test_info_shows_metadata(tiny_run):
     r = run("info", str(tiny_run / "best.safetensors"))
     assert r.returncode == 0
     assert json.loads(r.stdout)["model"] == "unet_mobilenet_v2"
+    assert json.loads(r.stdout)["pt2e_calibration"] is None  # none beside a fresh run
+
+
+def test_info_names_the_bundled_models_pt2e_calibration():
+    r = run("info")
+    assert r.returncode == 0 and json.loads(r.stdout)["pt2e_calibration"].endswith("default.pt2e")
 
 
 def test_pickled_model_file_is_refused_with_a_hint(tmp_path):

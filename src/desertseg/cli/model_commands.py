@@ -128,6 +128,11 @@ def info(checkpoint: Optional[Path] = typer.Argument(None, help="Model file; the
     device = pick_device(None)
     backend, file = resolve_backend(path, "auto", device)
     meta["default_inference"] = {"device": device.type, "backend": backend, "file": str(file)}
+    if path.suffix.lower() == ".safetensors":
+        from ..inference.pt2e import find
+
+        pt2e = find(path)  # opt-in (--backend pt2e): faster per image, compiled at load
+        meta["pt2e_calibration"] = str(pt2e) if pt2e else None
     typer.echo(json.dumps(meta, indent=2))
 
 
