@@ -77,8 +77,9 @@ class Predictor:
         scales: test-time multi-scale factors of the input size, e.g. ``(0.75, 1.0, 1.25)``.
         sliding_window: run at the image's own resolution in overlapping windows of the
             model's input size (for images larger than the training size).
-        backend: ``"torch"``, ``"onnx"``, ``"int8"`` or ``"auto"``: onnx for an onnxruntime
-            session (int8 when its metadata says so), torch for a module (see
+        backend: ``"torch"``, ``"onnx"``, ``"int8"``, ``"pt2e"`` or ``"auto"``: onnx for an
+            onnxruntime session (int8 when its metadata says so), pt2e for a compiled
+            :class:`~desertseg.inference.pt2e.Pt2eRunner`, torch for a module (see
             :meth:`from_checkpoint` for how files pick one).
         bf16: bfloat16 autocast for the torch backend, where it agrees and is faster.
         compile: ``torch.compile`` the network (torch backend).
@@ -132,7 +133,10 @@ class Predictor:
         exactly this file (sha256 recorded at export) and, for int8, passed the parity guard
         (:mod:`desertseg.inference.quantize`); without one they fail with the command that writes it.
         ``"auto"`` (the default) takes the fastest path that passes the guard: on a CPU the
-        int8 export when there is one, else PyTorch. An ``.onnx`` file runs in onnxruntime.
+        int8 export when there is one, else PyTorch. ``"pt2e"`` (asked for, never picked by
+        ``auto``: it compiles for seconds at load) runs the model int8 through PyTorch's PT2E
+        flow from the ``<stem>.pt2e`` calibration beside it (:mod:`desertseg.inference.pt2e`).
+        An ``.onnx`` file runs in onnxruntime.
         """
         path = Path(path) if path is not None else default_model_path()
         device = pick_device(kwargs.get("device"))
@@ -262,8 +266,8 @@ def resolve_backend(path: Path, backend: str, device: torch.device) -> tuple[str
     :meth:`Predictor.from_checkpoint` documents it; ``auto`` resolves to what runs."""
     check_backend(backend)
     if path.suffix.lower() == ".onnx":
-        if backend == "torch":
-            raise ValueError(f"{path}: an ONNX model runs only with backend 'onnx'; pass the .safetensors model file for the torch backend")
+        if backend in ("torch", "pt2e"):
+            raise ValueError(f"{path}: an ONNX model runs only with backend 'onnx'; pass the .safetensors model file for the torch and pt2e backends")
         return backend if backend != "auto" else "onnx", path
     if backend == "torch" or (backend == "auto" and device.type != "cpu"):
         return "torch", path
