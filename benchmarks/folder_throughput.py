@@ -30,7 +30,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", type=Path, default=FOLDER)
-    ap.add_argument("--backends", default="auto,torch", help="comma-separated: auto, torch, onnx, int8")
+    ap.add_argument("--backends", default="auto,torch", help="comma-separated: auto, torch, onnx, int8, pt2e")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
     args = ap.parse_args()

@@ -3,8 +3,10 @@
 Beside the onnxruntime int8 file, on the same model, float blocks and 2 threads
 (``benchmarks/pt2e_vs_onnx.py``), its model time was 30.7 against 46.7 ms and its end-to-end
 path 9.4x against 6.5x the published one (AMD EPYC with AVX-512 VNNI). It costs a compile when
-loaded (11 s there), torchao (the ``pt2e`` extra) and a C++ compiler on the machine, so it is a
-backend to ask for (``backend="pt2e"``), not the default.
+loaded (11 s there), torchao (the ``pt2e`` extra) and a C++ compiler on the machine, and on 2
+cores it does not speed up the pipelined folder ``predict`` (its OpenMP threads take the
+cores of the decoding thread), so it is a backend to ask for (``backend="pt2e"``), not the
+default.
 
 The file ``<stem>.pt2e`` beside a model file (safetensors format) holds the calibration only:
 every observer's statistics after calibrating on real training images, with JSON metadata (the
