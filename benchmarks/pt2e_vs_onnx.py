@@ -5,16 +5,16 @@ better here"). Prints JSON: each path's model-only p50 latency at the model's in
 and its mIoU on the shared val and w0 splits; then end to end (file to full-resolution mask) the
 published path, our default path and the PT2E model, alternating image by image.
 
-    pip install torchao   # not a desertseg dependency: this benchmark only
+    pip install "desertseg[pt2e]"
     python benchmarks/pt2e_vs_onnx.py --threads 2
 
-PT2E: ``torch.export`` of the float32 model, ``prepare_pt2e`` with the x86 quantizer's default
-static config (int8 per-channel weights, uint8 per-tensor activations), calibrated on the same
-training images as the shipped file (the first ``--calibration`` of train/Color_Images, sorted),
-``convert_pt2e``, then ``torch.compile`` (inductor, freezing on), which is where int8 kernels
-replace the quantize/dequantize pairs. Two PT2E models: one keeps float the same blocks as the
-shipped file (read from its metadata; ``set_module_name_qconfig(block, None)``), one quantizes
-every block.
+PT2E as the ``pt2e`` backend builds it (:mod:`desertseg.inference.pt2e`): ``torch.export`` of
+the float32 model, the x86 quantizer's default static config (int8 per-channel weights, uint8
+activations), calibrated on the same training images as the shipped file (the first
+``--calibration`` of train/Color_Images, sorted), converted, then ``torch.compile`` (inductor,
+freezing on), which is where int8 kernels replace the quantize/dequantize pairs. Two PT2E
+models: one keeps float the same blocks as the shipped file (read from its metadata), one
+quantizes every block.
 """
 
 from __future__ import annotations
@@ -33,48 +33,20 @@ SHARED = ROOT.parent / "shared" / "data" / "duality_sample"
 SPLITS = {"val": SHARED / "Offroad_Segmentation_Training_Dataset" / "val", "w0": SHARED / "Offroad_Segmentation_testImages"}
 
 
-def _normalised(x: torch.Tensor, mean, std) -> torch.Tensor:
-    from desertseg.data.transforms import normalize
-
-    return normalize(x, mean, std)
-
-
-def _input(path: Path, size: tuple[int, int], mean, std) -> torch.Tensor:
-    """An image file as the torch paths see it: the Predictor's resize, then normalised."""
+def _pixels(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """An image file as every path's runner takes it: the Predictor's resize, [0, 1] floats."""
     from desertseg.data.decoding import read_image
     from desertseg.inference.predict import Predictor
 
-    return _normalised(Predictor._batch(Predictor.__new__(Predictor), [read_image(path)], size), mean, std)
-
-
-def pt2e_model(model: torch.nn.Module, calibration: list[torch.Tensor], float_blocks: list[str] = ()):
-    """``model`` quantized with PT2E and the x86 quantizer, calibrated on ``calibration``,
-    compiled; the modules named in ``float_blocks`` (e.g. ``encoder.features.1``) stay float."""
-    import torch._inductor.config as inductor_config
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-    prefix = "model." if hasattr(model, "model") else ""  # the registry's padding wrapper
-    for block in float_blocks:
-        quantizer.set_module_name_qconfig(prefix + block, None)
-    with torch.no_grad():
-        exported = torch.export.export(model.eval(), (calibration[0],)).module()
-        prepared = prepare_pt2e(exported, quantizer)
-        for x in calibration:
-            prepared(x)
-        converted = convert_pt2e(prepared)
-    inductor_config.freezing = True  # constant-folds the weights into int8 kernels
-    compiled = torch.compile(converted)
-    with torch.no_grad():
-        compiled(calibration[0])  # compile now, not inside the timing
-    return compiled
+    return Predictor._batch(Predictor.__new__(Predictor), [read_image(path)], size)
 
 
 def main() -> None:
     from desertseg.data.samples import list_samples
-    from desertseg.inference.runtime import OnnxRunner, fuse_conv_bn, onnx_session, session_metadata, upsample_argmax
+    from desertseg.data.transforms import normalize
+    from desertseg.inference.pt2e import Pt2eRunner, example_input
+    from desertseg.inference.pt2e_export import calibrate
+    from desertseg.inference.runtime import OnnxRunner, TorchRunner, onnx_session, session_metadata, upsample_argmax
     from desertseg.metrics import confusion_matrix, summarize
     from desertseg.models.checkpoint import default_model_path, input_normalisation, load_model
 
@@ -91,18 +63,16 @@ def main() -> None:
     int8_file = args.checkpoint.with_name(args.checkpoint.stem + ".int8.onnx")
     session = onnx_session(int8_file, threads=args.threads)
     float_blocks = [b["block"] for b in session_metadata(session, int8_file)["quantization"]["float_blocks"]]
-    calibration = [_input(p, size, mean, std) for p in train_images[: args.calibration]]
+    calibration = [normalize(_pixels(p, size), mean, std) for p in train_images[: args.calibration]]
     t0 = time.perf_counter()
-    pt2e = pt2e_model(model, calibration, float_blocks)
+    pt2e = Pt2eRunner(calibrate(model, meta, calibration, float_blocks), example_input(meta), mean, std)
     build_s = time.perf_counter() - t0
-    pt2e_all = pt2e_model(model, calibration)
-    float32 = fuse_conv_bn(model).eval()
-    session = OnnxRunner(session)
-    # The ONNX graph normalises its own [0, 1] input; the torch paths take normalised input.
-    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    pt2e_all = Pt2eRunner(calibrate(model, meta, calibration, []), example_input(meta), mean, std)
+    float32 = TorchRunner(model, torch.device("cpu"), mean, std)
+    # Every runner takes the Predictor's [0, 1] batch and normalises it as its model expects.
     paths = {
         "float32 (torch eager)": float32,
-        "int8 onnxruntime (shipped)": lambda x: session(x * s + m),
+        "int8 onnxruntime (shipped)": OnnxRunner(session),
         "int8 PT2E (inductor), the shipped file's float blocks": pt2e,
         "int8 PT2E (inductor), every block int8": pt2e_all,
     }
@@ -115,7 +85,7 @@ def main() -> None:
     with torch.no_grad():
         for split, folder in SPLITS.items():
             for sample in list_samples(folder)[0]:
-                x, target = _input(sample.image, size, mean, std), raw_to_index(read_mask(sample.mask))
+                x, target = _pixels(sample.image, size), raw_to_index(read_mask(sample.mask))
                 masks = {}
                 for name, run in paths.items():
                     t = time.perf_counter()
@@ -136,11 +106,11 @@ def main() -> None:
                 for split in SPLITS
             },
         }
-    out["end_to_end"] = end_to_end(args.checkpoint, pt2e, size, mean, std, args.images)
+    out["end_to_end"] = end_to_end(args.checkpoint, pt2e, size, args.images)
     print(json.dumps(out, indent=1))
 
 
-def end_to_end(checkpoint: Path, pt2e, size, mean, std, count: int) -> dict:
+def end_to_end(checkpoint: Path, pt2e, size, count: int) -> dict:
     """p50 ms per w0 PNG from file to full-resolution mask, three paths alternating image by
     image: the published path, our default path (``Predictor.from_checkpoint``, the shipped
     int8 file) and the same steps as the Predictor's with the PT2E model in place of onnxruntime."""
@@ -154,8 +124,7 @@ def end_to_end(checkpoint: Path, pt2e, size, mean, std, count: int) -> dict:
 
     def ours_pt2e(path: Path) -> np.ndarray:
         image = read_image(path)
-        with torch.no_grad():
-            logits = pt2e(_normalised(Predictor._batch(Predictor.__new__(Predictor), [image], size), mean, std))
+        logits = pt2e(Predictor._batch(Predictor.__new__(Predictor), [image], size))
         return upsample_argmax(logits[0], image.shape[:2])
 
     paths = {

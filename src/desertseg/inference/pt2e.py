@@ -1,8 +1,8 @@
 """int8 through PyTorch's PT2E flow: torchao's ``X86InductorQuantizer``, compiled by inductor.
 
 Beside the onnxruntime int8 file, on the same model, float blocks and 2 threads
-(``benchmarks/pt2e_vs_onnx.py``), its model time was 30.7 against 46.7 ms and its end-to-end
-path 9.4x against 6.5x the published one (AMD EPYC with AVX-512 VNNI). It costs a compile when
+(``benchmarks/pt2e_vs_onnx.py``), its model time was 32.3 against 43.8 ms and its end-to-end
+path 9.9x against 7.4x the published one (AMD EPYC with AVX-512 VNNI). It costs a compile when
 loaded (11 s there), torchao (the ``pt2e`` extra) and a C++ compiler on the machine, and on 2
 cores it does not speed up the pipelined folder ``predict`` (its OpenMP threads take the
 cores of the decoding thread), so it is a backend to ask for (``backend="pt2e"``), not the

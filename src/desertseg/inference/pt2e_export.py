@@ -19,7 +19,9 @@ from .parity import CheckSet, guard
 from .pt2e import Pt2eRunner, example_input, observer_state, prepare, require_torchao
 
 
-def _calibrated(model: torch.nn.Module, meta: dict, calibration: Sequence[torch.Tensor], float_blocks: Sequence[str]) -> torch.nn.Module:
+def calibrate(model: torch.nn.Module, meta: dict, calibration: Sequence[torch.Tensor], float_blocks: Sequence[str]) -> torch.nn.Module:
+    """``model`` prepared for PT2E (``float_blocks`` kept float) with its observers run on
+    ``calibration``: ``(1, 3, h, w)`` normalised inputs at the model's input size."""
     prepared = prepare(model, example_input(meta), float_blocks)
     with torch.no_grad():
         for x in calibration:
@@ -68,7 +70,7 @@ def export_pt2e(
     tries = []
     for k in sorted({start, *(t for t in TRIES if start < t <= len(ranking))}):
         kept = list(ranking[:k])
-        prepared = _calibrated(model, meta, calib, kept)
+        prepared = calibrate(model, meta, calib, kept)
         predictor = Predictor(Pt2eRunner(prepared, example_input(meta), mean, std), {**meta, "precision": "int8"}, device="cpu", backend="pt2e")
         result = guard(float_masks, {cs.name: [predictor.predict(image).mask for image, _ in cs.pairs] for cs in check_sets}, check_sets)
         tries.append({"float_blocks": kept, "worst_agreement": result.worst_agreement, "worst_miou_drop": result.worst_drop})
