@@ -45,8 +45,21 @@ class Guard:
     def ok(self) -> bool:
         return self.worst_agreement >= MIN_AGREEMENT and self.worst_drop <= MAX_MIOU_DROP
 
+    def as_try(self, float_blocks: Sequence[str]) -> dict:
+        """This result as one try of an int8 export, with the blocks it kept float."""
+        return {"float_blocks": list(float_blocks), "worst_agreement": self.worst_agreement, "worst_miou_drop": self.worst_drop}
+
     def describe(self) -> str:
         return f"worst argmax agreement {self.worst_agreement:.2%} (needs >= {MIN_AGREEMENT:.0%}), worst mIoU drop {self.worst_drop:+.4f} (allowed {MAX_MIOU_DROP})"
+
+
+def best_try(tries: Sequence[dict]) -> str:
+    """How close the best of failed ``tries`` (:meth:`Guard.as_try`) came, for the export's error."""
+    best = max(tries, key=lambda t: t["worst_agreement"])
+    return (
+        f"the best try ({len(best['float_blocks'])} blocks float) reached argmax agreement {best['worst_agreement']:.2%} "
+        f"(needs >= {MIN_AGREEMENT:.0%}) with a worst mIoU drop of {best['worst_miou_drop']:+.4f} (allowed {MAX_MIOU_DROP}); file not written"
+    )
 
 
 def guard(float_masks: dict[str, list[np.ndarray]], int8_masks: dict[str, list[np.ndarray]], check_sets: Sequence[CheckSet]) -> Guard:

@@ -73,15 +73,12 @@ def export_pt2e(
         prepared = calibrate(model, meta, calib, kept)
         predictor = Predictor(Pt2eRunner(prepared, example_input(meta), mean, std), {**meta, "precision": "int8"}, device="cpu", backend="pt2e")
         result = guard(float_masks, {cs.name: [predictor.predict(image).mask for image, _ in cs.pairs] for cs in check_sets}, check_sets)
-        tries.append({"float_blocks": kept, "worst_agreement": result.worst_agreement, "worst_miou_drop": result.worst_drop})
+        tries.append(result.as_try(kept))
         log(f"  {k} blocks float: {result.describe()}")
         if result.ok:
             break
     else:
-        best = max(tries, key=lambda t: t["worst_agreement"])
-        raise ExportError(
-            f"{out}: no PT2E int8 graph passes the parity guard; the best try ({len(best['float_blocks'])} blocks float) reached argmax agreement {best['worst_agreement']:.2%} with a worst mIoU drop of {best['worst_miou_drop']:+.4f}; file not written"
-        )
+        raise ExportError(f"{out}: no PT2E int8 graph passes the parity guard; {parity.best_try(tries)}")
     import torchao
 
     quantization = {

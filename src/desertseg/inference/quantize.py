@@ -172,7 +172,7 @@ def _give_back(kept: list[str], path: Path, result: Guard, attempt: Callable, tr
     for name in reversed(list(kept)):
         trial = [b for b in kept if b != name]
         trial_path, trial_result = attempt(trial)
-        tries.append({"float_blocks": trial, "worst_agreement": trial_result.worst_agreement, "worst_miou_drop": trial_result.worst_drop})
+        tries.append(trial_result.as_try(trial))
         log(f"  without {name} float: {trial_result.describe()}")
         if trial_result.ok:
             kept, result = trial, trial_result
@@ -218,16 +218,12 @@ def export_int8(
                 ranking = sensitivity(float_path, calib[:4], cache, work, progress, list(parts.items()))
             kept = [name for name, _ in ranking[:k]]
             path, result = _try(kept, work / "int8.onnx")
-            tries.append({"float_blocks": kept, "worst_agreement": result.worst_agreement, "worst_miou_drop": result.worst_drop})
+            tries.append(result.as_try(kept))
             log(f"  {k} blocks float: {result.describe()}")
             if result.ok:
                 break
         else:
-            best = max(tries, key=lambda t: t["worst_agreement"])
-            raise ExportError(
-                f"{out}: no int8 graph passes the parity guard; the best try ({len(best['float_blocks'])} blocks float) reached argmax agreement {best['worst_agreement']:.2%} "
-                f"(needs >= {parity.MIN_AGREEMENT:.0%}) with a worst mIoU drop of {best['worst_miou_drop']:+.4f} (allowed {parity.MAX_MIOU_DROP}); file not written"
-            )
+            raise ExportError(f"{out}: no int8 graph passes the parity guard; {parity.best_try(tries)}")
         kept, path, result = _give_back(kept, path, result, lambda trial: _try(trial, work / "trial.onnx"), tries, log)
         quantization = {
             "method": "onnxruntime static QDQ: int8 per-channel weights, uint8 activations, percentile (99.99%) ranges",
