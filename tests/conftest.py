@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,10 @@ import pytest
 # Hub downloads would otherwise retry for ~30 s before failing on an offline machine.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
+# Compiled PT2E graphs go to a cache of this session's own, never the user's: whether `auto`
+# picks pt2e must not depend on what this machine compiled before.
+os.environ["DESERTSEG_CACHE"] = tempfile.mkdtemp(prefix="desertseg-test-cache-")
+atexit.register(shutil.rmtree, os.environ["DESERTSEG_CACHE"], True)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DESERTSEG_SHARED_DATA", ROOT.parent / "shared" / "data"))

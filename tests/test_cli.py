@@ -48,7 +48,14 @@ def test_info_shows_metadata(tiny_run):
 
 def test_info_names_the_bundled_models_pt2e_calibration():
     r = run("info")
-    assert r.returncode == 0 and json.loads(r.stdout)["pt2e_calibration"].endswith("default.pt2e")
+    info = json.loads(r.stdout)
+    assert r.returncode == 0 and info["pt2e_calibration"].endswith("default.pt2e")
+    assert info["pt2e_compiled"] is None and info["default_inference"]["backend"] == "int8"  # not compiled here yet: onnxruntime int8
+
+
+def test_compile_without_a_calibration_says_how_to_write_one(tiny_run):
+    r = run("compile", "--checkpoint", str(tiny_run / "best.safetensors"))
+    assert r.returncode == 2 and "no PT2E calibration" in r.stderr and "desertseg export --precision int8 --engine pt2e" in r.stderr
 
 
 def test_pickled_model_file_is_refused_with_a_hint(tmp_path):

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import app, fail, make_predictor, weights_app
+from .common import BACKEND_HELP, app, fail, make_predictor, weights_app
 
 
 @app.command()
@@ -79,7 +79,7 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N images."),
     backend: str = typer.Option(
         "auto",
-        help="Inference backend: auto (the fastest path that passes the parity guard: on a CPU the int8 export beside the model file when there is one, else PyTorch; onnxruntime for an .onnx file), torch, onnx or int8 (the float32 / int8 export of the same file lying beside it), or pt2e (the int8 PT2E calibration beside it, compiled at load: ~11 s more to start, faster per image; needs the pt2e extra).",
+        help=BACKEND_HELP,
     ),
     report: Optional[Path] = typer.Option(None, help="Folder for a self-contained HTML report (report.html) and its PNG figures."),
     run: Optional[Path] = typer.Option(None, help="Training run folder whose curves are added to the report (needs --report)."),
@@ -119,7 +119,7 @@ def evaluate(
 @app.command()
 def info(checkpoint: Optional[Path] = typer.Argument(None, help="Model file; the bundled default model when omitted.")) -> None:
     """Show a model file's metadata (model, classes, input size, training config and metrics) and the path `predict` takes here by default."""
-    from ..inference.predict import resolve_backend
+    from ..inference.backends import resolve_backend
     from ..inference.runtime import pick_device
     from ..models.checkpoint import default_model_path, read_metadata
 
@@ -129,10 +129,11 @@ def info(checkpoint: Optional[Path] = typer.Argument(None, help="Model file; the
     backend, file = resolve_backend(path, "auto", device)
     meta["default_inference"] = {"device": device.type, "backend": backend, "file": str(file)}
     if path.suffix.lower() == ".safetensors":
-        from ..inference.pt2e import find
+        from ..inference.pt2e import compiled, compiled_path, find
 
-        pt2e = find(path)  # opt-in (--backend pt2e): faster per image, compiled at load
+        pt2e = find(path)  # `auto` runs it once `desertseg compile` has compiled it here
         meta["pt2e_calibration"] = str(pt2e) if pt2e else None
+        meta["pt2e_compiled"] = str(compiled_path(pt2e)) if pt2e and compiled(path) else None
     typer.echo(json.dumps(meta, indent=2))
 
 

@@ -1,4 +1,4 @@
-"""Inference commands: predict (images, folders, videos), export (ONNX float32 / int8) and benchmark."""
+"""Inference commands: predict (images, folders, videos), export (ONNX float32 / int8, PT2E calibration), compile (PT2E for this CPU) and benchmark."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import app, fail, make_predictor, parse_csv
+from .common import BACKEND_HELP, app, fail, make_predictor, parse_csv
 
 
 @app.command()
@@ -27,7 +27,7 @@ def predict(
     coarse: bool = typer.Option(False, help="Also write the coarse-group view (sky, tall and low vegetation, traversable ground, obstacle)."),
     backend: str = typer.Option(
         "auto",
-        help="Inference backend: auto (the fastest path that passes the parity guard: on a CPU the int8 export beside the model file when there is one, else PyTorch; onnxruntime for an .onnx file), torch, onnx or int8 (the float32 / int8 export of the same file lying beside it), or pt2e (the int8 PT2E calibration beside it, compiled at load: ~11 s more to start, faster per image; needs the pt2e extra).",
+        help=BACKEND_HELP,
     ),
     cost_map: bool = typer.Option(False, help="Also write an 8-bit traversability cost map per image (0 free ... 254 lethal, 255 unknown; costs per class in desertseg.data.coarse)."),
     recursive: bool = typer.Option(False, help="Search folders recursively; outputs keep the sub-folders (index/day1/a.png, index/day2/a.png)."),
@@ -133,6 +133,31 @@ def _export_int8(checkpoint: Path, out: Optional[Path], calibration_images: List
         )
     if errors:
         raise typer.Exit(1)
+
+
+@app.command(name="compile")
+def compile_int8(
+    checkpoint: Optional[Path] = typer.Option(None, help="Model file (.safetensors) with a .pt2e calibration beside it; the bundled default model when omitted."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads the compiled graph is built for (default: torch's); a run with another count does not use it."),
+) -> None:
+    """Compile the model's PT2E int8 graph for this CPU, once (about a minute): from then on `auto` runs it, the fastest path on a CPU. Kept in the user's cache folder."""
+    import time
+
+    import torch
+
+    from ..inference.pt2e import compiled_path, find, load
+    from ..models.checkpoint import default_model_path
+
+    checkpoint = checkpoint or default_model_path()
+    if threads:
+        torch.set_num_threads(threads)
+    found = find(checkpoint)
+    if found is None:
+        fail(f"{checkpoint}: no PT2E calibration of this file beside it; write one with `desertseg export --precision int8 --engine pt2e --checkpoint {checkpoint} ...`")
+    start, was = time.perf_counter(), compiled_path(found).is_file()
+    load(checkpoint, found, log=lambda m: typer.echo(m, err=True))
+    state = "already compiled" if was else f"compiled in {time.perf_counter() - start:.0f} s"
+    typer.echo(f"{found.name}: {state} for this CPU at {torch.get_num_threads()} threads: {compiled_path(found)}")
 
 
 @app.command()

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.checkpoint import CheckpointError, default_model_path, input_normalisation, load_model
+from ..models.checkpoint import default_model_path, input_normalisation, load_model
+from .backends import resolve_backend
 from .runtime import (
     OnnxRunner,
     TorchRunner,
@@ -32,10 +33,8 @@ from .runtime import (
     _resize,
     check_backend,
     describe_device,
-    find_export,
     onnx_session,
     pick_device,
-    require_onnxruntime,
     session_metadata,
     upsample_argmax,
 )
@@ -101,6 +100,8 @@ class Predictor:
         self.device = pick_device(device)
         mean, std = input_normalisation(metadata, metadata.get("path", "model metadata"))
         if backend == "pt2e":  # a compiled PT2E int8 graph (inference.pt2e.Pt2eRunner)
+            if any(s != 1.0 for s in scales):
+                raise ValueError("the pt2e graph is compiled for the model's one input size; test-time scales need backend 'int8' or 'torch'")
             self.model, self.runner = model, model
         elif _is_session(model):
             if backend == "torch":
@@ -132,15 +133,17 @@ class Predictor:
         (``<stem>.int8.onnx``) export lying beside it, used only when it was exported from
         exactly this file (sha256 recorded at export) and, for int8, passed the parity guard
         (:mod:`desertseg.inference.quantize`); without one they fail with the command that writes it.
-        ``"auto"`` (the default) takes the fastest path that passes the guard: on a CPU the
-        int8 export when there is one, else PyTorch. ``"pt2e"`` (asked for, never picked by
-        ``auto``: it compiles for seconds at load) runs the model int8 through PyTorch's PT2E
-        flow from the ``<stem>.pt2e`` calibration beside it (:mod:`desertseg.inference.pt2e`).
-        An ``.onnx`` file runs in onnxruntime.
+        ``"pt2e"`` runs the model int8 through PyTorch's PT2E flow from the ``<stem>.pt2e``
+        calibration beside it (:mod:`desertseg.inference.pt2e`), compiled for this machine the
+        first time (about a minute) and cached. ``"auto"`` (the default) takes the fastest path
+        that passes the guard: on a CPU pt2e once this machine has compiled it
+        (``desertseg compile``; never with test-time scales), else the int8 export when there
+        is one, else PyTorch; on a GPU, PyTorch. An ``.onnx`` file runs in onnxruntime.
         """
         path = Path(path) if path is not None else default_model_path()
         device = pick_device(kwargs.get("device"))
-        backend, found = resolve_backend(path, kwargs.pop("backend", "auto"), device)
+        one_size = all(s == 1.0 for s in kwargs.get("scales", (1.0,)))
+        backend, found = resolve_backend(path, kwargs.pop("backend", "auto"), device, one_size)
         path, pt2e_file = (path, found) if backend == "pt2e" else (found, None)
         if backend == "torch":
             model, meta = load_model(path)
@@ -259,40 +262,6 @@ class Predictor:
     def predict(self, image: np.ndarray, return_probs: bool = False) -> Prediction:
         """Segment one ``(H, W, 3)`` uint8 RGB image."""
         return self.predict_batch([image], return_probs)[0]
-
-
-def resolve_backend(path: Path, backend: str, device: torch.device) -> tuple[str, Path]:
-    """``(backend, file to load)`` for a model file and a requested backend, as
-    :meth:`Predictor.from_checkpoint` documents it; ``auto`` resolves to what runs."""
-    check_backend(backend)
-    if path.suffix.lower() == ".onnx":
-        if backend in ("torch", "pt2e"):
-            raise ValueError(f"{path}: an ONNX model runs only with backend 'onnx'; pass the .safetensors model file for the torch and pt2e backends")
-        return backend if backend != "auto" else "onnx", path
-    if backend == "torch" or (backend == "auto" and device.type != "cpu"):
-        return "torch", path
-    if backend == "pt2e":
-        from .pt2e import find, require_torchao
-
-        require_torchao()
-        if device.type != "cpu":
-            raise ValueError("backend 'pt2e' runs on the CPU; use backend 'torch' on GPUs")
-        found = find(path)
-        if found is None:
-            raise CheckpointError(
-                path,
-                f"no PT2E calibration of this file beside it; write one with `desertseg export --precision int8 --engine pt2e --checkpoint {path} --calibration-images TRAIN_IMAGES --check-data LABELLED_SPLIT`",
-            )
-        return "pt2e", found
-    if backend != "auto":
-        require_onnxruntime()
-    found = find_export(path, "float32" if backend == "onnx" else "int8")
-    if found is not None:
-        return "onnx" if backend == "onnx" else "int8", found
-    if backend == "auto":
-        return "torch", path
-    how = "desertseg export --precision int8 --checkpoint {} --calibration-images TRAIN_IMAGES --check-data LABELLED_SPLIT" if backend == "int8" else "desertseg export --checkpoint {}"
-    raise CheckpointError(path, f"no {backend} export of this file beside it; write one with `{how.format(path)}`")
 
 
 def _starts(total: int, window: int) -> list[int]:

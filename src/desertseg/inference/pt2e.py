@@ -1,36 +1,43 @@
-"""int8 through PyTorch's PT2E flow: torchao's ``X86InductorQuantizer``, compiled by inductor.
+"""int8 through PyTorch's PT2E flow: torchao's ``X86InductorQuantizer``, compiled ahead of time by inductor.
 
 Beside the onnxruntime int8 file, on the same model, float blocks and 2 threads
 (``benchmarks/pt2e_vs_onnx.py``), its model time was 32.3 against 43.8 ms and its end-to-end
-path 9.9x against 7.4x the published one (AMD EPYC with AVX-512 VNNI). It costs a compile when
-loaded (11 s there), torchao (the ``pt2e`` extra) and a C++ compiler on the machine, and on 2
-cores it does not speed up the pipelined folder ``predict`` (its OpenMP threads take the
-cores of the decoding thread), so it is a backend to ask for (``backend="pt2e"``), not the
-default.
+path 9.9x against 7.4x the published one (AMD EPYC with AVX-512 VNNI). It needs torchao (the
+``pt2e`` extra) and a C++ compiler, and on 2 cores it does not speed up the pipelined folder
+``predict`` (its OpenMP threads take the cores of the decoding thread).
 
 The file ``<stem>.pt2e`` beside a model file (safetensors format) holds the calibration only:
 every observer's statistics after calibrating on real training images, with JSON metadata (the
 source's sha256, the blocks kept float, the parity guard's figures, torch and torchao
-versions), written by :func:`desertseg.inference.pt2e_export.export_pt2e`. Loading rebuilds
-the quantized graph from the float model and those statistics: export, insert observers,
-restore them, convert, compile. Nothing is unpickled.
+versions), written by :func:`desertseg.inference.pt2e_export.export_pt2e`. Nothing is unpickled.
+
+Compiled code is machine code for one CPU, so it is never shipped: the first load on a machine
+rebuilds the quantized graph from the float model and those statistics (export, insert
+observers, restore them, convert), compiles it with AOTInductor (about 40 s on 2 cores) and
+keeps the package in this user's cache (:func:`compiled_path`); later loads take it from there
+in well under a second.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from ..errors import MissingExtra
-from ..io import file_sha256
+from ..io import atomic_write, file_sha256
 from ..models.checkpoint import META_KEY, CheckpointError, input_normalisation, load_model
 
 SUFFIX = ".pt2e"
 INSTALL_HINT = 'the pt2e backend needs torchao: pip install "desertseg[pt2e]"'
 OBSERVER = "activation_post_process"
+CACHE_ENV = "DESERTSEG_CACHE"  # where compiled packages are kept; default: the user's cache folder
+NO_COMPILER = "it needs a C++ compiler; use backend 'int8' (onnxruntime) instead"
 
 
 def require_torchao():
@@ -41,6 +48,17 @@ def require_torchao():
     except ImportError:
         raise MissingExtra(INSTALL_HINT) from None
     return xiq, prepare_pt2e, convert_pt2e
+
+
+def torchao_version() -> str:
+    """The installed torchao's version, read without importing it (an import takes seconds), or
+    fail with how to install it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torchao")
+    except PackageNotFoundError:
+        raise MissingExtra(INSTALL_HINT) from None
 
 
 def prepare(model: torch.nn.Module, example: torch.Tensor, float_blocks: Sequence[str] = ()) -> torch.nn.Module:
@@ -73,35 +91,56 @@ def restore(prepared: torch.nn.Module, state: dict[str, torch.Tensor], path: Pat
         setattr(prepared.get_submodule(name), buffer, t.clone())
 
 
+def compiled_path(path: Path | str) -> Path:
+    """Where this machine keeps the compiled package of calibration file ``path``: keyed by the
+    file's sha256, the CPU's instruction set, the thread count (inductor builds it into the
+    kernels) and the torch and torchao versions, so that none of them changing reuses a stale one."""
+    import platformdirs
+
+    root = Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("desertseg")) / "pt2e"
+    parts = [Path(path).stem, file_sha256(path)[:16], torch.backends.cpu.get_cpu_capability(), f"t{torch.get_num_threads()}", f"torch{torch.__version__}", f"torchao{torchao_version()}"]
+    return root / (re.sub(r"[^\w.-]", "_", "-".join(parts)) + ".pt2")
+
+
+def compile_package(prepared: torch.nn.Module, example: torch.Tensor, package: Path | str) -> Path:
+    """Convert a calibrated ``prepared`` graph to int8 and compile it for ``example``'s shape with
+    AOTInductor into the ``.pt2`` file ``package``. Freezing folds the int8 weights into the
+    compiled kernels; without it, no int8 speed."""
+    _, _, convert_pt2e = require_torchao()
+    from torch._inductor import aoti_compile_and_package
+
+    try:
+        with torch.no_grad():
+            program = torch.export.export(convert_pt2e(prepared), (example,))
+            atomic_write(package, lambda tmp: aoti_compile_and_package(program, package_path=str(tmp), inductor_configs={"freezing": True}), suffix=".pt2")
+    except Exception as e:
+        # The machine's problem, not a bug: a one-line error that says what to do.
+        raise MissingExtra(f"inductor could not compile the int8 graph ({type(e).__name__}: {str(e)[:300]}); {NO_COMPILER}") from None
+    return Path(package)
+
+
 class Pt2eRunner:
-    """The compiled int8 graph: ``(N, 3, h, w)`` float in [0, 1] -> ``(N, C, h, w)`` float32
-    logits, the input normalised with ``mean``/``std``. Images run one at a time, so one input
-    shape (one compile) serves every batch size."""
+    """The compiled int8 graph of a ``.pt2`` package: ``(N, 3, h, w)`` float in [0, 1] ->
+    ``(N, C, h, w)`` float32 logits, the input normalised with ``mean``/``std``. Images run one
+    at a time, at the one shape it was compiled for, so it serves every batch size."""
 
     name = "pt2e"
 
-    def __init__(self, prepared: torch.nn.Module, example: torch.Tensor, mean: Sequence[float], std: Sequence[float]):
-        _, _, convert_pt2e = require_torchao()
-        self.mean, self.std = tuple(mean), tuple(std)
-        with torch.no_grad():
-            self.net = torch.compile(convert_pt2e(prepared), dynamic=False)
-        try:
-            self._run(example)  # compile now, not on the first image
-        except Exception as e:
-            # The machine's problem, not a bug: a one-line error that says what to do.
-            raise MissingExtra(f"inductor could not compile the int8 graph ({type(e).__name__}: {str(e)[:300]}); it needs a C++ compiler; use backend 'int8' (onnxruntime) instead") from None
+    def __init__(self, package: Path | str, example: torch.Tensor, mean: Sequence[float], std: Sequence[float]):
+        from torch._inductor import aoti_load_package
+
+        self.package, self.mean, self.std = Path(package), tuple(mean), tuple(std)
+        self.net = aoti_load_package(str(package))
+        self._run(example)  # a damaged package fails here, not on the first image
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        import torch._inductor.config as inductor_config
-
-        # Freezing folds the int8 weights into the compiled kernels; without it, no int8 speed.
-        with torch.no_grad(), inductor_config.patch(freezing=True):
+        with torch.no_grad():
             return self.net(x)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         from ..data.transforms import normalize
 
-        # Contiguous like the example it was compiled for: other strides would compile it again.
+        # Contiguous like the example it was compiled for.
         x = normalize(x.cpu(), self.mean, self.std).contiguous()
         return torch.cat([self._run(x[i : i + 1]) for i in range(len(x))]).float()
 
@@ -137,15 +176,36 @@ def find(checkpoint: Path | str) -> Path | None:
     return candidate if ok else None
 
 
-def load(checkpoint: Path | str, path: Path | str) -> tuple[Pt2eRunner, dict]:
+def compiled(checkpoint: Path | str) -> Path | None:
+    """The calibration file beside ``checkpoint`` (see :func:`find`) when this machine has
+    already compiled it at the current thread count, so that it loads in about a second; what
+    ``backend="auto"`` takes on a CPU. None without torchao."""
+    found = find(checkpoint)
+    try:
+        return found if found is not None and compiled_path(found).is_file() else None
+    except (MissingExtra, ImportError):
+        return None
+
+
+def load(checkpoint: Path | str, path: Path | str, log: Callable[[str], None] | None = None) -> tuple[Pt2eRunner, dict]:
     """The compiled int8 runner of ``checkpoint`` from its calibration file ``path``, and the
-    metadata a Predictor needs (the model file's, ``precision`` int8, ``quantization``)."""
+    metadata a Predictor needs (the model file's, ``precision`` int8, ``quantization``). The
+    first call on a machine compiles it (``log`` says so; stderr by default), later ones take
+    the package from :func:`compiled_path`."""
     from safetensors.torch import load_file
 
     info = read_info(path)
     model, meta = load_model(checkpoint)
     mean, std = input_normalisation(meta, checkpoint)
-    prepared = prepare(model, example_input(meta), [b["block"] for b in info["quantization"]["float_blocks"]])
-    restore(prepared, load_file(str(path)), path)
+    example = example_input(meta)
     meta = {**meta, "precision": "int8", "quantization": info["quantization"], "source_sha256": info["source_sha256"], "path": str(path)}
-    return Pt2eRunner(prepared, example_input(meta), mean, std), meta
+    package = compiled_path(path)
+    if package.is_file():
+        try:
+            return Pt2eRunner(package, example, mean, std), meta
+        except Exception:
+            package.unlink(missing_ok=True)  # damaged (an interrupted copy, a full disk): compile it again
+    (log or (lambda m: print(m, file=sys.stderr)))(f"compiling the int8 graph for this CPU, once (about a minute); it is kept in {package.parent}")
+    prepared = prepare(model, example, [b["block"] for b in info["quantization"]["float_blocks"]])
+    restore(prepared, load_file(str(path)), path)
+    return Pt2eRunner(compile_package(prepared, example, package), example, mean, std), meta

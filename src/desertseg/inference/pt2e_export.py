@@ -6,6 +6,8 @@ export's per-block sensitivity."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -16,7 +18,7 @@ from ..io import atomic_write, file_sha256
 from ..models.checkpoint import META_KEY, CheckpointError, input_normalisation, load_model
 from . import parity
 from .parity import CheckSet, guard
-from .pt2e import Pt2eRunner, example_input, observer_state, prepare, require_torchao
+from .pt2e import Pt2eRunner, compile_package, compiled_path, example_input, observer_state, prepare, require_torchao
 
 
 def calibrate(model: torch.nn.Module, meta: dict, calibration: Sequence[torch.Tensor], float_blocks: Sequence[str]) -> torch.nn.Module:
@@ -50,14 +52,12 @@ def export_pt2e(
     training images) and write ``out`` when, with the first ``k`` blocks of ``ranking`` (most
     sensitive first) kept float, it passes the parity guard on ``check_sets``; ``k`` starts at
     ``start`` and grows as the onnxruntime export's does. Raises ``ExportError`` (nothing
-    written) when no try passes."""
+    written) when no try passes. The passing try's compiled package goes to this machine's
+    cache, so loading ``out`` here compiles nothing."""
     from safetensors.torch import save_file
 
     from ..data.decoding import resize_image
     from ..data.transforms import normalize
-    from .export import ExportError
-    from .predict import Predictor
-    from .quantize import TRIES
 
     require_torchao()
     checkpoint, out = Path(checkpoint), Path(out)
@@ -65,32 +65,45 @@ def export_pt2e(
     mean, std = input_normalisation(meta, checkpoint)
     size = tuple(meta["input_size"])
     calib = [normalize(torch.from_numpy(np.array(resize_image(im, size))).permute(2, 0, 1)[None].float() / 255, mean, std) for im in calibration]
+    with tempfile.TemporaryDirectory(prefix="desertseg-pt2e-") as work:
+        kept, state, package, result, tries = _first_passing(model, meta, (mean, std), calib, check_sets, ranking, start, Path(work), out, log)
+        import torchao
+
+        quantization = {
+            "method": "PyTorch PT2E: torchao X86InductorQuantizer default static config (int8 per-channel weights, uint8 histogram-calibrated activations), compiled by AOTInductor with freezing on each machine",
+            "engine": "pt2e",
+            "versions": {"torch": torch.__version__, "torchao": torchao.__version__},
+            "calibration_images": len(calib),
+            "float_blocks": [{"block": b} for b in kept],
+            "guard": {"passed": True, "min_agreement": parity.MIN_AGREEMENT, "max_miou_drop": parity.MAX_MIOU_DROP, "sets": result.sets},
+            "tries": tries,
+        }
+        info = {"format": "desertseg-pt2e/1", "source_sha256": file_sha256(checkpoint), "source_file": checkpoint.name, "input_size": list(size), "quantization": quantization}
+        atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata={META_KEY: json.dumps(info)}))
+        atomic_write(compiled_path(out), lambda tmp: shutil.copyfile(package, tmp), suffix=".pt2")
+    return out, quantization
+
+
+def _first_passing(model, meta, norm, calib, check_sets, ranking, start, work: Path, out: Path, log):
+    """The first try (blocks kept float, observer state, compiled package, guard result, every
+    try's record) whose compiled graph passes the guard; ``ExportError`` when none does."""
+    from .export import ExportError
+    from .predict import Predictor
+    from .quantize import TRIES
+
     float_predictor = Predictor(model, meta, device="cpu", backend="torch")
     float_masks = {cs.name: [float_predictor.predict(image).mask for image, _ in cs.pairs] for cs in check_sets}
     tries = []
     for k in sorted({start, *(t for t in TRIES if start < t <= len(ranking))}):
         kept = list(ranking[:k])
         prepared = calibrate(model, meta, calib, kept)
-        predictor = Predictor(Pt2eRunner(prepared, example_input(meta), mean, std), {**meta, "precision": "int8"}, device="cpu", backend="pt2e")
+        state = observer_state(prepared)
+        # The guard runs the very package that loading compiles from the written file.
+        package = compile_package(prepared, example_input(meta), work / f"try{k}.pt2")
+        predictor = Predictor(Pt2eRunner(package, example_input(meta), *norm), {**meta, "precision": "int8"}, device="cpu", backend="pt2e")
         result = guard(float_masks, {cs.name: [predictor.predict(image).mask for image, _ in cs.pairs] for cs in check_sets}, check_sets)
         tries.append(result.as_try(kept))
         log(f"  {k} blocks float: {result.describe()}")
         if result.ok:
-            break
-    else:
-        raise ExportError(f"{out}: no PT2E int8 graph passes the parity guard; {parity.best_try(tries)}")
-    import torchao
-
-    quantization = {
-        "method": "PyTorch PT2E: torchao X86InductorQuantizer default static config (int8 per-channel weights, uint8 histogram-calibrated activations), torch.compile with freezing",
-        "engine": "pt2e",
-        "versions": {"torch": torch.__version__, "torchao": torchao.__version__},
-        "calibration_images": len(calib),
-        "float_blocks": [{"block": b} for b in kept],
-        "guard": {"passed": True, "min_agreement": parity.MIN_AGREEMENT, "max_miou_drop": parity.MAX_MIOU_DROP, "sets": result.sets},
-        "tries": tries,
-    }
-    info = {"format": "desertseg-pt2e/1", "source_sha256": file_sha256(checkpoint), "source_file": checkpoint.name, "input_size": list(size), "quantization": quantization}
-    state = observer_state(prepared)
-    atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata={META_KEY: json.dumps(info)}))
-    return out, quantization
+            return kept, state, package, result, tries
+    raise ExportError(f"{out}: no PT2E int8 graph passes the parity guard; {parity.best_try(tries)}")
