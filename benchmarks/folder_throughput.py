@@ -6,7 +6,9 @@ the model's own rate, in one run on one machine. Prints JSON.
 
 Folder: the 100 real 960x540 PNGs of the shared Duality train split. Outputs (index, raw,
 colour and overlay PNGs) go to a temporary folder. "model rate" is images per second of the
-network alone (the predictor's own model time), the ceiling a folder run can approach.
+network alone (the predictor's own model time), the ceiling a folder run can approach. Each
+row loads its predictor as `desertseg predict --workers N` does, so `auto` shows what a
+folder run takes with and without the pipeline.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ def main() -> None:
     images = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     rows = []
     for backend in args.backends.split(","):
-        predictor = Predictor.from_checkpoint(backend=backend, device="cpu")
-        predictor.predict_batch([read_image(images[0])])  # warm-up
         for workers in (0, 1):
+            # As `desertseg predict --workers N` loads it: `auto` picks for the pipeline or not.
+            predictor = Predictor.from_checkpoint(backend=backend, device="cpu", pipelined=workers > 0)
+            predictor.predict_batch([read_image(images[0])])  # warm-up
             model_before, images_before = predictor.timing.model, predictor.timing.images
             with tempfile.TemporaryDirectory() as out:
                 t0 = time.perf_counter()

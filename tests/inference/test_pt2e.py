@@ -43,6 +43,7 @@ def test_calibrate_guard_write_compile_and_load(tmp_path, duality_root, unseen_d
     ref = Predictor.from_checkpoint(checkpoint, device="cpu", backend="torch")
     assert fast.backend == "pt2e" and "PT2E" in fast.describe_device()
     assert Predictor.from_checkpoint(checkpoint, device="cpu", scales=(0.75, 1.0)).backend == "int8"
+    assert Predictor.from_checkpoint(checkpoint, device="cpu", pipelined=True).backend == "int8"  # a folder run's threads
     images = [image for image, _ in check_sets[0].pairs[:2]]
     for a, b in zip(fast.predict_batch(images), ref.predict_batch(images)):
         assert a.mask.shape == (540, 960) and (a.mask == b.mask).mean() >= 0.99

@@ -39,10 +39,10 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-def make_predictor(checkpoint: Optional[Path], device: Optional[str], flip: bool, scales: str, sliding_window: bool, backend: str = "auto"):
+def make_predictor(checkpoint: Optional[Path], device: Optional[str], flip: bool, scales: str, sliding_window: bool, backend: str = "auto", pipelined: bool = False):
     from ..inference.predict import Predictor
 
-    return Predictor.from_checkpoint(checkpoint, device=device, flip=flip, scales=parse_scales(scales), sliding_window=sliding_window, backend=backend)
+    return Predictor.from_checkpoint(checkpoint, device=device, flip=flip, scales=parse_scales(scales), sliding_window=sliding_window, backend=backend, pipelined=pipelined)
 
 
 def parse_csv(text: str, kind, name: str) -> list:

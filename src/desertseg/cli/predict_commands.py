@@ -40,7 +40,7 @@ def predict(
     from ..inference.outputs import check_out_dir, predict_paths
 
     check_out_dir(out, overwrite or resume)
-    predictor = make_predictor(checkpoint, device, flip, scales, sliding_window, backend)
+    predictor = make_predictor(checkpoint, device, flip, scales, sliding_window, backend, pipelined=workers > 0)
     typer.echo(f"Model: {predictor.name} on {predictor.describe_device()}", err=True)
     summary = predict_paths(
         predictor, inputs, out, opacity=opacity, confidence=confidence, batch_size=batch_size, overwrite=overwrite, coarse=coarse, cost=cost_map, recursive=recursive, resume=resume, workers=workers

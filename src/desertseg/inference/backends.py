@@ -12,10 +12,10 @@ from ..models.checkpoint import CheckpointError
 from .runtime import check_backend, find_export, require_onnxruntime
 
 
-def resolve_backend(path: Path, backend: str, device: torch.device, one_size: bool = True) -> tuple[str, Path]:
+def resolve_backend(path: Path, backend: str, device: torch.device, pt2e_ok: bool = True) -> tuple[str, Path]:
     """``(backend, file to load)`` for a model file and a requested backend, as
     :meth:`Predictor.from_checkpoint` documents it; ``auto`` resolves to what runs (pt2e only
-    when every input has the model's ``one_size``: no test-time scales)."""
+    when ``pt2e_ok``)."""
     check_backend(backend)
     if path.suffix.lower() == ".onnx":
         if backend in ("torch", "pt2e"):
@@ -39,7 +39,7 @@ def resolve_backend(path: Path, backend: str, device: torch.device, one_size: bo
     if backend == "auto":
         from .pt2e import compiled
 
-        found = compiled(path) if one_size else None
+        found = compiled(path) if pt2e_ok else None
         if found is not None:  # compiled for this machine already (`desertseg compile`): the fastest path
             return "pt2e", found
     else:

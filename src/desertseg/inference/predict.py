@@ -137,13 +137,18 @@ class Predictor:
         calibration beside it (:mod:`desertseg.inference.pt2e`), compiled for this machine the
         first time (about a minute) and cached. ``"auto"`` (the default) takes the fastest path
         that passes the guard: on a CPU pt2e once this machine has compiled it
-        (``desertseg compile``; never with test-time scales), else the int8 export when there
-        is one, else PyTorch; on a GPU, PyTorch. An ``.onnx`` file runs in onnxruntime.
+        (``desertseg compile``), else the int8 export when there is one, else PyTorch; on a
+        GPU, PyTorch. ``auto`` skips pt2e with test-time scales and with ``pipelined=True``
+        (the caller decodes and writes in threads beside the model, as
+        :func:`~desertseg.inference.outputs.predict_paths` does: the compiled graph holds the
+        GIL while it runs, so they would wait). An ``.onnx`` file runs in onnxruntime.
         """
         path = Path(path) if path is not None else default_model_path()
         device = pick_device(kwargs.get("device"))
-        one_size = all(s == 1.0 for s in kwargs.get("scales", (1.0,)))
-        backend, found = resolve_backend(path, kwargs.pop("backend", "auto"), device, one_size)
+        # pt2e runs one input size, and holds the GIL while it runs: a folder pipeline's
+        # decoding and writing threads would wait on it (`pipelined`), so auto skips it there.
+        pt2e_ok = all(s == 1.0 for s in kwargs.get("scales", (1.0,))) and not kwargs.pop("pipelined", False)
+        backend, found = resolve_backend(path, kwargs.pop("backend", "auto"), device, pt2e_ok)
         path, pt2e_file = (path, found) if backend == "pt2e" else (found, None)
         if backend == "torch":
             model, meta = load_model(path)

@@ -3,8 +3,11 @@
 Beside the onnxruntime int8 file, on the same model, float blocks and 2 threads
 (``benchmarks/pt2e_vs_onnx.py``), its model time was 32.3 against 43.8 ms and its end-to-end
 path 9.9x against 7.4x the published one (AMD EPYC with AVX-512 VNNI). It needs torchao (the
-``pt2e`` extra) and a C++ compiler, and on 2 cores it does not speed up the pipelined folder
-``predict`` (its OpenMP threads take the cores of the decoding thread).
+``pt2e`` extra) and a C++ compiler. The compiled graph holds the GIL for much of its run (at
+one thread, a Python loop in another thread ran at 0.10 to 0.35 of its idle speed meanwhile,
+against 0.93 to 0.95 beside onnxruntime and PyTorch: ``benchmarks/pt2e_gil.py``), so a folder
+``predict``, which decodes and writes in threads beside the model, runs slower with it than
+with onnxruntime (``benchmarks/folder_throughput.py``): there ``auto`` keeps onnxruntime.
 
 The file ``<stem>.pt2e`` beside a model file (safetensors format) holds the calibration only:
 every observer's statistics after calibrating on real training images, with JSON metadata (the
