@@ -34,7 +34,7 @@ import torch
 
 from ..errors import MissingExtra
 from ..io import atomic_write, file_sha256
-from ..models.checkpoint import META_KEY, CheckpointError, input_normalisation, load_model
+from ..models.checkpoint import META_KEY, CheckpointError, input_normalisation, load_model, read_metadata
 
 SUFFIX = ".pt2e"
 INSTALL_HINT = 'the pt2e backend needs torchao: pip install "desertseg[pt2e]"'
@@ -198,7 +198,9 @@ def load(checkpoint: Path | str, path: Path | str, log: Callable[[str], None] | 
     from safetensors.torch import load_file
 
     info = read_info(path)
-    model, meta = load_model(checkpoint)
+    # The metadata alone while a package exists: it was compiled from this very file (the
+    # calibration names its sha256), whose model load_model built and checked then.
+    meta = read_metadata(checkpoint)
     mean, std = input_normalisation(meta, checkpoint)
     example = example_input(meta)
     meta = {**meta, "precision": "int8", "quantization": info["quantization"], "source_sha256": info["source_sha256"], "path": str(path)}
@@ -208,7 +210,8 @@ def load(checkpoint: Path | str, path: Path | str, log: Callable[[str], None] | 
             return Pt2eRunner(package, example, mean, std), meta
         except Exception:
             package.unlink(missing_ok=True)  # damaged (an interrupted copy, a full disk): compile it again
-    (log or (lambda m: print(m, file=sys.stderr)))(f"compiling the int8 graph for this CPU, once (about a minute); it is kept in {package.parent}")
+    (log or (lambda m: print(m, file=sys.stderr)))(f"compiling the int8 graph for this CPU, once (half a minute or so); it is kept in {package.parent}")
+    model, _ = load_model(checkpoint)
     prepared = prepare(model, example, [b["block"] for b in info["quantization"]["float_blocks"]])
     restore(prepared, load_file(str(path)), path)
     return Pt2eRunner(compile_package(prepared, example, package), example, mean, std), meta
