@@ -14,11 +14,13 @@ every observer's statistics after calibrating on real training images, with JSON
 source's sha256, the blocks kept float, the parity guard's figures, torch and torchao
 versions), written by :func:`desertseg.inference.pt2e_export.export_pt2e`. Nothing is unpickled.
 
-Compiled code is machine code for one CPU, so it is never shipped: the first load on a machine
-rebuilds the quantized graph from the float model and those statistics (export, insert
-observers, restore them, convert), compiles it with AOTInductor (about 40 s on 2 cores) and
-keeps the package in this user's cache (:func:`compiled_path`); later loads take it from there
-in well under a second.
+Compiled code is machine code for one CPU and thread count, so it is never shipped: the first
+load on a machine rebuilds the quantized graph from the float model and those statistics
+(export, insert observers, restore them, convert), compiles it with AOTInductor (23 to 38 s on
+2 cores) and keeps the package in this user's cache (:func:`compiled_path`); later loads take
+it from there in about 1.3 s (``benchmarks/load_time.py``). A package is native code, so it is
+only ever loaded from that cache, which only this machine's compiles write, never from beside
+a model file.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def restore(prepared: torch.nn.Module, state: dict[str, torch.Tensor], path: Pat
 def compiled_path(path: Path | str) -> Path:
     """Where this machine keeps the compiled package of calibration file ``path``: keyed by the
     file's sha256, the CPU's instruction set, the thread count (inductor builds it into the
-    kernels) and the torch and torchao versions, so that none of them changing reuses a stale one."""
+    kernels: a 1-thread build has no OpenMP regions) and the torch and torchao versions, so that none of them changing reuses a stale one."""
     import platformdirs
 
     root = Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("desertseg")) / "pt2e"
