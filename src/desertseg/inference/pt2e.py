@@ -39,7 +39,7 @@ from ..io import atomic_write, file_sha256
 from ..models.checkpoint import META_KEY, CheckpointError, input_normalisation, load_model, read_metadata
 
 SUFFIX = ".pt2e"
-INSTALL_HINT = 'the pt2e backend needs torchao: pip install "desertseg[pt2e]"'
+INSTALL_HINT = 'the pt2e backend needs torchao and platformdirs: pip install "desertseg[pt2e]"'
 OBSERVER = "activation_post_process"
 CACHE_ENV = "DESERTSEG_CACHE"  # where compiled packages are kept; default: the user's cache folder
 NO_COMPILER = "it needs a C++ compiler; use backend 'int8' (onnxruntime) instead"
@@ -100,8 +100,10 @@ def compiled_path(path: Path | str) -> Path:
     """Where this machine keeps the compiled package of calibration file ``path``: keyed by the
     file's sha256, the CPU's instruction set, the thread count (inductor builds it into the
     kernels: a 1-thread build has no OpenMP regions) and the torch and torchao versions, so that none of them changing reuses a stale one."""
-    import platformdirs
-
+    try:
+        import platformdirs
+    except ImportError:
+        raise MissingExtra(INSTALL_HINT) from None
     root = Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("desertseg")) / "pt2e"
     parts = [Path(path).stem, file_sha256(path)[:16], torch.backends.cpu.get_cpu_capability(), f"t{torch.get_num_threads()}", f"torch{torch.__version__}", f"torchao{torchao_version()}"]
     return root / (re.sub(r"[^\w.-]", "_", "-".join(parts)) + ".pt2")
@@ -188,7 +190,7 @@ def compiled(checkpoint: Path | str) -> Path | None:
     found = find(checkpoint)
     try:
         return found if found is not None and compiled_path(found).is_file() else None
-    except (MissingExtra, ImportError):
+    except MissingExtra:
         return None
 
 
