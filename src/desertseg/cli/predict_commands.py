@@ -140,7 +140,7 @@ def compile_int8(
     checkpoint: Optional[Path] = typer.Option(None, help="Model file (.safetensors) with a .pt2e calibration beside it; the bundled default model when omitted."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads the compiled graph is built for (default: torch's); a run with another count does not use it."),
 ) -> None:
-    """Compile the model's PT2E int8 graph for this CPU, once (about a minute): from then on `auto` runs it, the fastest path on a CPU. Kept in the user's cache folder."""
+    """Compile the model's PT2E int8 graph for this CPU, once (half a minute or so): from then on `auto` runs it, the fastest path on a CPU. Kept in the user's cache folder."""
     import time
 
     import torch

@@ -135,7 +135,7 @@ class Predictor:
         (:mod:`desertseg.inference.quantize`); without one they fail with the command that writes it.
         ``"pt2e"`` runs the model int8 through PyTorch's PT2E flow from the ``<stem>.pt2e``
         calibration beside it (:mod:`desertseg.inference.pt2e`), compiled for this machine the
-        first time (about a minute) and cached. ``"auto"`` (the default) takes the fastest path
+        first time (half a minute or so) and cached. ``"auto"`` (the default) takes the fastest path
         that passes the guard: on a CPU pt2e once this machine has compiled it
         (``desertseg compile``), else the int8 export when there is one, else PyTorch; on a
         GPU, PyTorch. ``auto`` skips pt2e with test-time scales and with ``pipelined=True``
