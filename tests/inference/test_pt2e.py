@@ -4,6 +4,7 @@ only when it passes the parity guard on real labelled frames, and refused when s
 import shutil
 
 import pytest
+import torch
 
 pytest.importorskip("torchao", reason="the pt2e extra is not installed")
 
@@ -47,6 +48,15 @@ def test_calibrate_guard_write_compile_and_load(tmp_path, duality_root, unseen_d
     images = [image for image, _ in check_sets[0].pairs[:2]]
     for a, b in zip(fast.predict_batch(images), ref.predict_batch(images)):
         assert a.mask.shape == (540, 960) and (a.mask == b.mask).mean() >= 0.99
+
+    # A damaged package (an interrupted copy, a full disk) is compiled again, not a crash.
+    monkeypatch.undo()
+    pt2e.compiled_path(path).write_bytes(b"not a package")
+    said = []
+    again, _ = pt2e.load(checkpoint, path, log=said.append)
+    assert len(said) == 1 and "compiling" in said[0] and pt2e.compiled(checkpoint) == path
+    x = torch.rand(1, 3, *fast.metadata["input_size"])
+    assert torch.equal(again(x), fast.runner(x))
     pt2e.compiled_path(path).unlink()  # another machine, or another thread count: not compiled there
     assert pt2e.compiled(checkpoint) is None and Predictor.from_checkpoint(checkpoint, device="cpu").backend == "int8"
     with pytest.raises(ValueError, match="one input size"):
