@@ -14,13 +14,14 @@ from desertseg.data.samples import list_samples
 from desertseg.inference.predict import Predictor
 from desertseg.metrics import confusion_matrix, summarize
 from desertseg.models.checkpoint import default_model_path, read_metadata
+from desertseg.training.config import load_config
 
 
 def test_bundled_model_is_small_and_self_describing():
     path = default_model_path()
     assert path.exists() and path.stat().st_size < 20 * 2**20
     meta = read_metadata(path)
-    assert meta["classes"] == class_table() and meta["model"] == "unet_mobilenet_v2"
+    assert meta["classes"] == class_table() and meta["model"] == load_config("default").model  # trained with the default recipe
     assert meta["input_size"] == [270, 480] and meta["config"]["epochs"] > 0
 
 
@@ -45,4 +46,4 @@ def test_predict_without_checkpoint_uses_and_names_the_bundled_model(duality_roo
     assert "default.safetensors" in r.stderr  # says which model is in use
     assert (tmp_path / "out" / "raw" / f"{image.stem}.png").exists()
     info = subprocess.run([sys.executable, "-m", "desertseg.cli", "info"], capture_output=True, text=True, env=env, timeout=300)
-    assert json.loads(info.stdout)["model"] == "unet_mobilenet_v2"
+    assert json.loads(info.stdout)["model"] == load_config("default").model

@@ -11,6 +11,7 @@ pytest.importorskip("torchao", reason="the pt2e extra is not installed")
 from desertseg.data.decoding import read_image  # noqa: E402
 from desertseg.data.samples import list_samples  # noqa: E402
 from desertseg.inference import pt2e, pt2e_export  # noqa: E402
+from desertseg.inference.benchmark import time_int8_paths  # noqa: E402
 from desertseg.inference.parity import read_check_sets  # noqa: E402
 from desertseg.inference.predict import Predictor  # noqa: E402
 from desertseg.models.checkpoint import CheckpointError, default_model_path  # noqa: E402
@@ -36,10 +37,17 @@ def test_calibrate_guard_write_compile_and_load(tmp_path, duality_root, unseen_d
     assert not errors and path.is_file() and q["guard"]["passed"] and q["calibration_images"] == 4
     assert [b["block"] for b in q["float_blocks"]] == ranking[: len(q["float_blocks"])]
 
-    # The export left this machine's compiled package in the cache: loading compiles nothing,
-    # and `auto` now takes it (but not for test-time scales, which change the input size).
+    # The export left this machine's compiled package in the cache: loading compiles nothing.
+    # `auto` takes it once timed faster than onnxruntime here (as `desertseg compile` does),
+    # but not for test-time scales, which change the input size, nor in a folder pipeline.
     assert pt2e.compiled(checkpoint) == path
     monkeypatch.setattr(pt2e, "compile_package", lambda *a: pytest.fail("compiled again"))
+    speed = time_int8_paths(checkpoint, rounds=2)
+    assert speed["pt2e_ms"] > 0 and speed["int8_ms"] > 0
+    pt2e.write_speed(path, speed)
+    auto = Predictor.from_checkpoint(checkpoint, device="cpu").backend
+    assert auto == ("pt2e" if speed["pt2e_ms"] < speed["int8_ms"] else "int8")
+    pt2e.write_speed(path, {**speed, "pt2e_ms": speed["int8_ms"] / 2})
     fast = Predictor.from_checkpoint(checkpoint, device="cpu")
     ref = Predictor.from_checkpoint(checkpoint, device="cpu", backend="torch")
     assert fast.backend == "pt2e" and "PT2E" in fast.describe_device()
@@ -74,7 +82,7 @@ def test_calibration_of_another_file_is_refused(tmp_path, tiny_run):
 def test_observers_of_another_graph_are_refused():
     from safetensors.torch import load_file
 
-    other = build_model("fpn_mobilenet_v2", 10, pretrained=False)
+    other = build_model("unet_mobilenet_v2", 10, pretrained=False)  # the bundled model is an FPN
     prepared = pt2e.prepare(other, pt2e.example_input({"input_size": [72, 128]}))
     with pytest.raises(CheckpointError, match="observers do not match"):
         pt2e.restore(prepared, load_file(str(pt2e.find(default_model_path()))), "default.pt2e")

@@ -18,7 +18,7 @@ weights_app = typer.Typer(help="Manage pretrained encoder weights.", no_args_is_
 app.add_typer(weights_app, name="weights")
 
 BACKEND_HELP = (
-    "Inference backend: auto (the fastest path that passes the parity guard: on a CPU the PT2E int8 graph once `desertseg compile` has compiled it on this machine, "
+    "Inference backend: auto (the fastest path that passes the parity guard: on a CPU the PT2E int8 graph once `desertseg compile` has compiled it on this machine and timed it faster than the int8 export, "
     "else the int8 export beside the model file when there is one, else PyTorch; onnxruntime for an .onnx file), torch, onnx or int8 (the float32 / int8 export of the "
     "same file lying beside it), or pt2e (the int8 PT2E calibration beside it, compiled for this CPU the first time, half a minute or so, then cached; needs the pt2e extra)."
 )

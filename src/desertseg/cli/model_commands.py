@@ -129,11 +129,12 @@ def info(checkpoint: Optional[Path] = typer.Argument(None, help="Model file; the
     backend, file = resolve_backend(path, "auto", device)
     meta["default_inference"] = {"device": device.type, "backend": backend, "file": str(file)}
     if path.suffix.lower() == ".safetensors":
-        from ..inference.pt2e import compiled, compiled_path, find
+        from ..inference.pt2e import compiled, compiled_path, find, read_speed
 
-        pt2e = find(path)  # `auto` runs it once `desertseg compile` has compiled it here
+        pt2e = find(path)  # `auto` runs it once `desertseg compile` has compiled it here and timed it the faster
         meta["pt2e_calibration"] = str(pt2e) if pt2e else None
         meta["pt2e_compiled"] = str(compiled_path(pt2e)) if pt2e and compiled(path) else None
+        meta["pt2e_speed_here"] = read_speed(pt2e) if pt2e and compiled(path) else None
     typer.echo(json.dumps(meta, indent=2))
 
 

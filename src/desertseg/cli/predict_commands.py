@@ -140,12 +140,13 @@ def compile_int8(
     checkpoint: Optional[Path] = typer.Option(None, help="Model file (.safetensors) with a .pt2e calibration beside it; the bundled default model when omitted."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads the compiled graph is built for (default: torch's); a run with another count does not use it."),
 ) -> None:
-    """Compile the model's PT2E int8 graph for this CPU, once (half a minute or so): from then on `auto` runs it, the fastest path on a CPU. Kept in the user's cache folder."""
+    """Compile the model's PT2E int8 graph for this CPU, once (half a minute or so), and time it against the onnxruntime int8 file: from then on `auto` runs whichever was faster here. Kept in the user's cache folder."""
     import time
 
     import torch
 
-    from ..inference.pt2e import compiled_path, find, load
+    from ..inference.benchmark import time_int8_paths
+    from ..inference.pt2e import compiled_path, find, load, write_speed
     from ..models.checkpoint import default_model_path
 
     checkpoint = checkpoint or default_model_path()
@@ -158,6 +159,13 @@ def compile_int8(
     load(checkpoint, found, log=lambda m: typer.echo(m, err=True))
     state = "already compiled" if was else f"compiled in {time.perf_counter() - start:.0f} s"
     typer.echo(f"{found.name}: {state} for this CPU at {torch.get_num_threads()} threads: {compiled_path(found)}")
+    speed = time_int8_paths(checkpoint)
+    write_speed(found, speed)
+    if speed["int8_ms"] is None:
+        typer.echo(f"model time {speed['pt2e_ms']:.1f} ms per image; no onnxruntime int8 path beside it: `auto` runs PT2E")
+    else:
+        winner = "PT2E" if speed["pt2e_ms"] < speed["int8_ms"] else "onnxruntime int8"
+        typer.echo(f"model time per image here: PT2E {speed['pt2e_ms']:.1f} ms, onnxruntime int8 {speed['int8_ms']:.1f} ms: `auto` runs {winner}")
 
 
 @app.command()

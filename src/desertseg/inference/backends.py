@@ -15,7 +15,7 @@ from .runtime import check_backend, find_export, require_onnxruntime
 def resolve_backend(path: Path, backend: str, device: torch.device, pt2e_ok: bool = True) -> tuple[str, Path]:
     """``(backend, file to load)`` for a model file and a requested backend, as
     :meth:`Predictor.from_checkpoint` documents it; ``auto`` resolves to what runs (pt2e only
-    when ``pt2e_ok``)."""
+    when ``pt2e_ok`` and this machine measured it faster than the int8 file)."""
     check_backend(backend)
     if path.suffix.lower() == ".onnx":
         if backend in ("torch", "pt2e"):
@@ -37,10 +37,10 @@ def resolve_backend(path: Path, backend: str, device: torch.device, pt2e_ok: boo
             )
         return "pt2e", found
     if backend == "auto":
-        from .pt2e import compiled
+        from .pt2e import compiled, faster_here
 
         found = compiled(path) if pt2e_ok else None
-        if found is not None:  # compiled for this machine already (`desertseg compile`): the fastest path
+        if found is not None and faster_here(found):  # compiled here, and measured the faster int8 path here (`desertseg compile`)
             return "pt2e", found
     else:
         require_onnxruntime()

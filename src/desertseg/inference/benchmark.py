@@ -223,6 +223,33 @@ def run_benchmark(
     }
 
 
+def time_int8_paths(checkpoint: Path | str, rounds: int = 12) -> dict:
+    """Median model time per image, in ms, of the PT2E and onnxruntime int8 paths of
+    ``checkpoint`` on this machine, run in turns at the model's input size so that both see the
+    same load: ``{"pt2e_ms", "int8_ms"}`` (``int8_ms`` None without an int8 file or
+    onnxruntime). What ``desertseg compile`` records for ``backend="auto"``."""
+    from ..errors import MissingExtra
+    from ..models.checkpoint import CheckpointError
+    from .predict import Predictor
+
+    fast = Predictor.from_checkpoint(checkpoint, device="cpu", backend="pt2e")
+    runners = {"pt2e": fast.runner}
+    try:
+        runners["int8"] = Predictor.from_checkpoint(checkpoint, device="cpu", backend="int8").runner
+    except (CheckpointError, MissingExtra):
+        pass
+    x = torch.rand(1, 3, *fast.input_size)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for i in range(rounds + 1):  # the first round warms up
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(x)
+            if i:
+                times[name].append(time.perf_counter() - start)
+    ms = {f"{name}_ms": round(1000 * float(np.median(t)), 2) for name, t in times.items()}
+    return {"int8_ms": None, **ms}
+
+
 def _version(module: str) -> str | None:
     try:
         from importlib.metadata import version

@@ -1,8 +1,10 @@
 """int8 through PyTorch's PT2E flow: torchao's ``X86InductorQuantizer``, compiled ahead of time by inductor.
 
-Beside the onnxruntime int8 file, on the same model, float blocks and 2 threads
-(``benchmarks/pt2e_vs_onnx.py``), its model time was 32.3 against 43.8 ms and its end-to-end
-path 9.9x against 7.4x the published one (AMD EPYC with AVX-512 VNNI). It needs torchao (the
+Which int8 path is faster depends on the model and the CPU. On the previous bundled model
+(UNet), 2 threads, AMD EPYC with AVX-512 VNNI (``benchmarks/pt2e_vs_onnx.py``), its model
+time was 32.3 against onnxruntime's 43.8 ms; on the current one (FPN), whose guard keeps 16
+blocks float here against onnxruntime's 11, 50.7 against 39.6 ms. So ``backend="auto"`` takes
+it only where ``desertseg compile`` timed it faster (:func:`faster_here`). It needs torchao (the
 ``pt2e`` extra) and a C++ compiler. The compiled graph holds the GIL for much of its run (at
 one thread, a Python loop in another thread ran at 0.10 to 0.35 of its idle speed meanwhile,
 against 0.93 to 0.95 beside onnxruntime and PyTorch: ``benchmarks/pt2e_gil.py``), so a folder
@@ -185,13 +187,46 @@ def find(checkpoint: Path | str) -> Path | None:
 
 def compiled(checkpoint: Path | str) -> Path | None:
     """The calibration file beside ``checkpoint`` (see :func:`find`) when this machine has
-    already compiled it at the current thread count, so that it loads in about a second; what
-    ``backend="auto"`` takes on a CPU. None without torchao."""
+    already compiled it at the current thread count, so that it loads in about a second. None
+    without torchao."""
     found = find(checkpoint)
     try:
         return found if found is not None and compiled_path(found).is_file() else None
     except MissingExtra:
         return None
+
+
+def speed_path(path: Path | str) -> Path:
+    """Where ``desertseg compile`` records, beside this machine's compiled package of calibration
+    file ``path``, how fast it ran against the onnxruntime int8 file on this machine."""
+    return compiled_path(path).with_suffix(".speed.json")
+
+
+def write_speed(path: Path | str, record: dict) -> None:
+    """Record ``{"pt2e_ms": ..., "int8_ms": ...}`` (model time per image here; ``int8_ms`` None
+    without an int8 file or onnxruntime) for :func:`faster_here`."""
+    atomic_write(speed_path(path), lambda tmp: tmp.write_text(json.dumps(record)), suffix=".json")
+
+
+def read_speed(path: Path | str) -> dict | None:
+    """What :func:`write_speed` recorded on this machine for calibration file ``path``, if anything."""
+    try:
+        record = json.loads(speed_path(path).read_text())
+        return record if isinstance(record, dict) and isinstance(record.get("pt2e_ms"), (int, float)) else None
+    except (OSError, ValueError, MissingExtra):
+        return None
+
+
+def faster_here(path: Path | str) -> bool:
+    """Whether this machine measured its compiled package of ``path`` faster than the onnxruntime
+    int8 path (``desertseg compile`` measures it): what ``backend="auto"`` needs to take PT2E.
+    Which one wins depends on the model and the CPU (how many blocks stay float, VNNI or AMX),
+    so it is measured where it runs, never assumed."""
+    record = read_speed(path)
+    if record is None:
+        return False
+    int8_ms = record.get("int8_ms")
+    return not isinstance(int8_ms, (int, float)) or record["pt2e_ms"] < int8_ms
 
 
 def load(checkpoint: Path | str, path: Path | str, log: Callable[[str], None] | None = None) -> tuple[Pt2eRunner, dict]:

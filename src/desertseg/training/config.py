@@ -23,7 +23,7 @@ class TrainConfig:
     so code that builds a config directly trains the same recipe as ``--preset default``.
     """
 
-    model: str = "unet_mobilenet_v2"
+    model: str = "fpn_mobilenet_v2"
     pretrained: bool | str = "auto"
     size: str = "480x270"  # WIDTHxHEIGHT
     epochs: int = 30
