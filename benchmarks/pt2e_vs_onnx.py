@@ -1,4 +1,4 @@
-"""PyTorch's PT2E int8 flow (torchao, X86InductorQuantizer, torch.compile) against the shipped
+"""PyTorch's PT2E int8 flow (torchao, X86InductorQuantizer, AOTInductor) against the shipped
 onnxruntime QDQ int8 file, on the same model, images and threads (issue 15: "whichever measures
 better here"). Prints JSON: each path's model-only p50 latency at the model's input size
 (paths alternating image by image) and, at full resolution, its pixel agreement with float32
@@ -11,10 +11,10 @@ published path, our default path and the PT2E model, alternating image by image.
 PT2E as the ``pt2e`` backend builds it (:mod:`desertseg.inference.pt2e`): ``torch.export`` of
 the float32 model, the x86 quantizer's default static config (int8 per-channel weights, uint8
 activations), calibrated on the same training images as the shipped file (the first
-``--calibration`` of train/Color_Images, sorted), converted, then ``torch.compile`` (inductor,
-freezing on), which is where int8 kernels replace the quantize/dequantize pairs. Two PT2E
-models: one keeps float the same blocks as the shipped file (read from its metadata), one
-quantizes every block.
+``--calibration`` of train/Color_Images, sorted), converted, then compiled ahead of time with
+AOTInductor (freezing on, into a temporary folder), which is where int8 kernels replace the
+quantize/dequantize pairs. Two PT2E models: one keeps float the same blocks as the shipped
+onnxruntime file (read from its metadata), one quantizes every block.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def _pixels(path: Path, size: tuple[int, int]) -> torch.Tensor:
 def main() -> None:
     from desertseg.data.samples import list_samples
     from desertseg.data.transforms import normalize
-    from desertseg.inference.pt2e import Pt2eRunner, example_input
+    from desertseg.inference.pt2e import Pt2eRunner, compile_package, example_input
     from desertseg.inference.pt2e_export import calibrate
     from desertseg.inference.runtime import OnnxRunner, TorchRunner, onnx_session, session_metadata, upsample_argmax
     from desertseg.metrics import confusion_matrix, summarize
@@ -64,10 +65,16 @@ def main() -> None:
     session = onnx_session(int8_file, threads=args.threads)
     float_blocks = [b["block"] for b in session_metadata(session, int8_file)["quantization"]["float_blocks"]]
     calibration = [normalize(_pixels(p, size), mean, std) for p in train_images[: args.calibration]]
+    work = Path(tempfile.mkdtemp(prefix="pt2e-vs-onnx-"))
+
+    def build(blocks: list[str], name: str) -> Pt2eRunner:
+        package = compile_package(calibrate(model, meta, calibration, blocks), example_input(meta), work / f"{name}.pt2")
+        return Pt2eRunner(package, example_input(meta), mean, std)
+
     t0 = time.perf_counter()
-    pt2e = Pt2eRunner(calibrate(model, meta, calibration, float_blocks), example_input(meta), mean, std)
+    pt2e = build(float_blocks, "float-blocks")
     build_s = time.perf_counter() - t0
-    pt2e_all = Pt2eRunner(calibrate(model, meta, calibration, []), example_input(meta), mean, std)
+    pt2e_all = build([], "all-int8")
     float32 = TorchRunner(model, torch.device("cpu"), mean, std)
     # Every runner takes the Predictor's [0, 1] batch and normalises it as its model expects.
     paths = {

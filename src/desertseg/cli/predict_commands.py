@@ -121,8 +121,8 @@ def _export_int8(checkpoint: Path, out: Optional[Path], calibration_images: List
         from ..inference.pt2e import SUFFIX
         from ..inference.pt2e_export import export_pt2e, onnx_ranking
 
-        ranking, start = onnx_ranking(checkpoint)
-        path, q = export_pt2e(checkpoint, out or checkpoint.with_name(checkpoint.stem + SUFFIX), images, check_sets, ranking, start=start, log=log)
+        ranking, first = onnx_ranking(checkpoint)
+        path, q = export_pt2e(checkpoint, out or checkpoint.with_name(checkpoint.stem + SUFFIX), images, check_sets, ranking, first=first, log=log)
     else:
         path, q = export_int8(checkpoint, out or checkpoint.with_name(checkpoint.stem + EXPORT_SUFFIXES["int8"]), images, check_sets, log=log)
     kept = ", ".join(b["block"] for b in q["float_blocks"]) or "none"

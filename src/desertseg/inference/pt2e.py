@@ -1,10 +1,11 @@
 """int8 through PyTorch's PT2E flow: torchao's ``X86InductorQuantizer``, compiled ahead of time by inductor.
 
-Which int8 path is faster depends on the model and the CPU. On the previous bundled model
-(UNet), 2 threads, AMD EPYC with AVX-512 VNNI (``benchmarks/pt2e_vs_onnx.py``), its model
-time was 32.3 against onnxruntime's 43.8 ms; on the current one (FPN), whose guard keeps 16
-blocks float here against onnxruntime's 11, 50.7 against 39.6 ms. So ``backend="auto"`` takes
-it only where ``desertseg compile`` timed it faster (:func:`faster_here`). It needs torchao (the
+Which int8 path is faster depends on the model, the blocks kept float and the CPU. On an AMD
+EPYC with AVX-512 VNNI, 2 threads, the bundled FPN's model time was 31.4 to 34.1 ms against
+onnxruntime's 47.4 (``desertseg benchmark``), with the same 11 float blocks; a calibration
+that kept FPN's stride-4 decoder block ``decoder.seg_blocks.3`` float instead ran 50 to 57 ms,
+slower than onnxruntime. So ``backend="auto"`` takes it only where ``desertseg compile`` timed
+it faster (:func:`faster_here`). It needs torchao (the
 ``pt2e`` extra) and a C++ compiler. The compiled graph holds the GIL for much of its run (at
 one thread, a Python loop in another thread ran at 0.10 to 0.35 of its idle speed meanwhile,
 against 0.93 to 0.95 beside onnxruntime and PyTorch: ``benchmarks/pt2e_gil.py``), so a folder

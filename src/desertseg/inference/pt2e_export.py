@@ -31,9 +31,10 @@ def calibrate(model: torch.nn.Module, meta: dict, calibration: Sequence[torch.Te
     return prepared
 
 
-def onnx_ranking(checkpoint: Path | str) -> tuple[list[str], int]:
-    """Blocks most sensitive first, and how many stayed float, as the onnxruntime int8 export
-    of ``checkpoint`` measured them (per-block SQNR of the logits): PT2E starts from its choice."""
+def onnx_ranking(checkpoint: Path | str) -> tuple[list[str], list[str]]:
+    """Blocks most sensitive first, as the onnxruntime int8 export of ``checkpoint`` measured
+    them (per-block SQNR of the logits), and the blocks that export kept float: PT2E starts from
+    its choice."""
     from .runtime import find_export, onnx_session, session_metadata
 
     found = find_export(checkpoint, "int8")
@@ -42,17 +43,26 @@ def onnx_ranking(checkpoint: Path | str) -> tuple[list[str], int]:
             checkpoint, "the pt2e engine starts from the per-block sensitivity that the onnxruntime int8 export measured; run `desertseg export --precision int8` (engine onnxruntime) first"
         )
     q = session_metadata(onnx_session(found), found)["quantization"]
-    return sorted(q["sensitivity_db"], key=q["sensitivity_db"].get), len(q["float_blocks"])
+    return sorted(q["sensitivity_db"], key=q["sensitivity_db"].get), [b["block"] for b in q["float_blocks"]]
 
 
 def export_pt2e(
-    checkpoint: Path | str, out: Path | str, calibration: Sequence[np.ndarray], check_sets: Sequence[CheckSet], ranking: Sequence[str], start: int = 0, log: Callable[[str], None] = print
+    checkpoint: Path | str,
+    out: Path | str,
+    calibration: Sequence[np.ndarray],
+    check_sets: Sequence[CheckSet],
+    ranking: Sequence[str],
+    first: Sequence[str] = (),
+    log: Callable[[str], None] = print,
 ) -> tuple[Path, dict]:
     """Calibrate ``checkpoint``'s model with PT2E on ``calibration`` (real ``(H, W, 3)`` uint8
-    training images) and write ``out`` when, with the first ``k`` blocks of ``ranking`` (most
-    sensitive first) kept float, it passes the parity guard on ``check_sets``; ``k`` starts at
-    ``start`` and grows as the onnxruntime export's does. Raises ``ExportError`` (nothing
-    written) when no try passes. The passing try's compiled package goes to this machine's
+    training images) and write ``out`` when it passes the parity guard on ``check_sets``. The
+    first try keeps float the blocks ``first`` (the onnxruntime export's choice, which gave back
+    to int8 the blocks its guard did not need); then the first ``k`` blocks of ``ranking`` (most
+    sensitive first), ``k`` growing as the onnxruntime export's does. The set matters for speed,
+    not only its size: a float block of the decoder that runs at stride 4 (FPN's
+    ``decoder.seg_blocks.3``) made the compiled graph a third slower. Raises ``ExportError``
+    (nothing written) when no try passes. The passing try's compiled package goes to this machine's
     cache, so loading ``out`` here compiles nothing."""
     from safetensors.torch import save_file
 
@@ -66,7 +76,7 @@ def export_pt2e(
     size = tuple(meta["input_size"])
     calib = [normalize(torch.from_numpy(np.array(resize_image(im, size))).permute(2, 0, 1)[None].float() / 255, mean, std) for im in calibration]
     with tempfile.TemporaryDirectory(prefix="desertseg-pt2e-") as work:
-        kept, state, package, result, tries = _first_passing(model, meta, (mean, std), calib, check_sets, ranking, start, Path(work), out, log)
+        kept, state, package, result, tries = _first_passing(model, meta, (mean, std), calib, check_sets, ranking, first, Path(work), out, log)
         import torchao
 
         quantization = {
@@ -84,7 +94,7 @@ def export_pt2e(
     return out, quantization
 
 
-def _first_passing(model, meta, norm, calib, check_sets, ranking, start, work: Path, out: Path, log):
+def _first_passing(model, meta, norm, calib, check_sets, ranking, first, work: Path, out: Path, log):
     """The first try (blocks kept float, observer state, compiled package, guard result, every
     try's record) whose compiled graph passes the guard; ``ExportError`` when none does."""
     from .export import ExportError
@@ -94,16 +104,17 @@ def _first_passing(model, meta, norm, calib, check_sets, ranking, start, work: P
     float_predictor = Predictor(model, meta, device="cpu", backend="torch")
     float_masks = {cs.name: [float_predictor.predict(image).mask for image, _ in cs.pairs] for cs in check_sets}
     tries = []
-    for k in sorted({start, *(t for t in TRIES if start < t <= len(ranking))}):
-        kept = list(ranking[:k])
+    candidates = [list(first)] + [list(ranking[:k]) for k in TRIES if len(first) < k <= len(ranking)]
+    for n, kept in enumerate(candidates):
         prepared = calibrate(model, meta, calib, kept)
         state = observer_state(prepared)
         # The guard runs the very package that loading compiles from the written file.
-        package = compile_package(prepared, example_input(meta), work / f"try{k}.pt2")
+        package = compile_package(prepared, example_input(meta), work / f"try{n}.pt2")
         predictor = Predictor(Pt2eRunner(package, example_input(meta), *norm), {**meta, "precision": "int8"}, device="cpu", backend="pt2e")
         result = guard(float_masks, {cs.name: [predictor.predict(image).mask for image, _ in cs.pairs] for cs in check_sets}, check_sets)
         tries.append(result.as_try(kept))
-        log(f"  {k} blocks float: {result.describe()}")
+        which = " (the onnxruntime export's)" if n == 0 and first else ""
+        log(f"  {len(kept)} blocks float{which}: {result.describe()}")
         if result.ok:
             return kept, state, package, result, tries
     raise ExportError(f"{out}: no PT2E int8 graph passes the parity guard; {parity.best_try(tries)}")
