@@ -10,8 +10,8 @@ published path, our default path and the PT2E model, alternating image by image.
 
 PT2E as the ``pt2e`` backend builds it (:mod:`desertseg.inference.pt2e`): ``torch.export`` of
 the float32 model, the x86 quantizer's default static config (int8 per-channel weights, uint8
-activations), calibrated on the same training images as the shipped file (the first
-``--calibration`` of train/Color_Images, sorted), converted, then compiled ahead of time with
+activations), calibrated on the first ``--calibration`` images of train/Color_Images, sorted
+(the shipped files' export spreads its 32 over the split), converted, then compiled ahead of time with
 AOTInductor (freezing on, into a temporary folder), which is where int8 kernels replace the
 quantize/dequantize pairs. Two PT2E models: one keeps float the same blocks as the shipped
 onnxruntime file (read from its metadata), one quantizes every block.
