@@ -138,9 +138,8 @@ class Predictor:
         first time (half a minute or so) and cached. ``"auto"`` (the default) takes the fastest path
         that passes the guard: on a CPU pt2e once this machine has compiled it and timed it
         faster than the int8 export (``desertseg compile``), else the int8 export when there is
-        one, else PyTorch; on a
-        GPU, PyTorch. ``auto`` skips pt2e with test-time scales and with ``pipelined=True``
-        (the caller decodes and writes in threads beside the model, as
+        one, else PyTorch; on a GPU, PyTorch. ``auto`` skips pt2e with test-time scales and
+        with ``pipelined=True`` (the caller decodes and writes in threads beside the model, as
         :func:`~desertseg.inference.outputs.predict_paths` does: the compiled graph holds the
         GIL while it runs, so they would wait). An ``.onnx`` file runs in onnxruntime.
         """

@@ -61,9 +61,10 @@ def export_pt2e(
     to int8 the blocks its guard did not need); then the first ``k`` blocks of ``ranking`` (most
     sensitive first), ``k`` growing as the onnxruntime export's does. The set matters for speed,
     not only its size: a float block of the decoder that runs at stride 4 (FPN's
-    ``decoder.seg_blocks.3``) made the compiled graph 1.5x slower (50 to 57 against 35 ms on
-    2 threads, ``benchmarks/pt2e_vs_onnx.py``). Raises ``ExportError``
-    (nothing written) when no try passes. The passing try's compiled package goes to this machine's
+    ``decoder.seg_blocks.3``) made the compiled graph 1.5x slower (50 to 57 ms model time on
+    2 threads, timed by ``desertseg compile``, against 35 ms with the onnxruntime export's set
+    in ``benchmarks/pt2e_vs_onnx.py``). Raises ``ExportError`` (nothing written) when no try
+    passes. The passing try's compiled package goes to this machine's
     cache, so loading ``out`` here compiles nothing."""
     from safetensors.torch import save_file
 
