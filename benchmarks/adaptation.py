@@ -1,4 +1,6 @@
-"""Test-time adaptation to an unseen environment, under leave-one-environment-out (issue 13).
+"""Adaptation to an unseen environment, under leave-one-environment-out (issue 13): without its
+labels (test-time adaptation), and, as what a few labelled frames of the new desert are worth,
+with them.
 
 Reuses the folds that ``benchmarks/generalisation.py`` trained (``OUT/<fold>-seed<N>/run/
 last.safetensors``). Each held-out environment's frames, sorted by name, are cut in two
@@ -18,11 +20,18 @@ Methods:
     tent    entropy minimisation of the BatchNorm affine parameters on the target half
             (Tent, Wang et al. 2021: batch statistics, Adam 1e-3, ``--tent-steps`` batches of
             8), then the statistics re-estimated as ``bn``.
+    labels  fine-tuned with the other half's *labels* through the training engine
+            (``desertseg train --init MODEL``: the fold's recipe for ``--label-steps``
+            optimiser steps, no validation, last epoch): what labelling frames of the new
+            desert buys, the mark that no method without labels could pass. ``labelsN``: only
+            N frames of the other half, evenly spaced, are labelled. Runs are kept in the
+            fold's folder (``labelsN-STEPSsteps-half<K>``) and not trained again.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -107,17 +116,48 @@ def adapted(path: Path, method: str, x: torch.Tensor, tent_steps: int):
     elif method == "tent":
         adapt_tent(model, x, steps=tent_steps)
     elif method != "none":
-        raise SystemExit(f"unknown method {method!r} (none, bn, bnA, tent)")
+        raise SystemExit(f"unknown method {method!r} (none, bn, bnA, tent, labels, labelsN)")
     return model, meta
 
 
-def score_fold(fold_dir: Path, held_out: str, data: Path, methods: list[str], tent_steps: int) -> dict:
+def labelled_frames(half: list, n: int) -> list:
+    """``n`` frames of ``half`` spread evenly over it (all of it for 0 or n >= its length)."""
+    if not n or n >= len(half):
+        return list(half)
+    return [half[round(i * (len(half) - 1) / max(n - 1, 1))] for i in range(n)]
+
+
+def finetuned(path: Path, samples, data: Path, run_dir: Path, steps: int) -> Path:
+    """The model file of ``path`` fine-tuned on the labelled ``samples`` with its own recipe
+    (``init``) for about ``steps`` optimiser steps, trained into ``run_dir`` unless it is there."""
+    import math
+    from dataclasses import fields
+
+    from desertseg.data.splits import write_split_file
+    from desertseg.models.checkpoint import read_metadata
+    from desertseg.training.config import TrainConfig
+    from desertseg.training.fit import train
+
+    done = run_dir / "last.safetensors"
+    if done.is_file():
+        return done
+    split = write_split_file(run_dir.with_name(run_dir.name + "-split.json"), samples, data, "train")
+    recipe = {k: v for k, v in read_metadata(path)["config"].items() if k in {f.name for f in fields(TrainConfig)}}
+    batch = recipe.get("batch_size", 8)
+    epochs = math.ceil(steps / (len(samples) // batch if len(samples) > batch else 1))  # training drops a last partial batch
+    config = TrainConfig(**{**recipe, "init": str(path), "epochs": epochs, "train_split": str(split), "val_split": "none"})
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON only
+        train(config, data, run_dir, resume=run_dir.exists(), progress=False)
+    return done
+
+
+def score_fold(fold_dir: Path, held_out: str, data: Path, methods: list[str], tent_steps: int, label_steps: int = 60) -> dict:
     """Each method's cross-fitted scores on the held-out environment of one trained fold."""
     from desertseg.data.splits import make_splits
     from desertseg.evaluation.loop import evaluate
     from desertseg.inference.predict import Predictor
     from desertseg.metrics import summarize
-    from desertseg.models.checkpoint import read_metadata
+    from desertseg.models.checkpoint import load_model, read_metadata
 
     path = fold_dir / "run" / "last.safetensors"
     meta = read_metadata(path)
@@ -128,7 +168,11 @@ def score_fold(fold_dir: Path, held_out: str, data: Path, methods: list[str], te
     for method in methods:
         cm = 0
         for k in (0, 1):  # adapt on one half, score the other
-            model, meta = adapted(path, method, inputs[1 - k], tent_steps)
+            if method.startswith("labels"):
+                frames = labelled_frames(halves[1 - k], int(method[6:] or 0))
+                model, meta = load_model(finetuned(path, frames, data, fold_dir / f"{method}-{label_steps}steps-half{1 - k}", label_steps))
+            else:
+                model, meta = adapted(path, method, inputs[1 - k], tent_steps)
             predictor = Predictor(model, {**meta, "path": str(path)}, device="cpu", backend="torch")
             cm = cm + np.asarray(evaluate(predictor, halves[k], progress=False, keep_per_image=False)["confusion_matrix"])
         s = summarize(cm)
@@ -150,15 +194,25 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=SHARED)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tent-steps", type=int, default=20)
+    ap.add_argument("--label-steps", type=int, default=60, help="optimiser steps of the labels methods' fine-tuning")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     methods, folds, seeds = args.methods.split(","), args.folds.split(","), [int(s) for s in args.seeds.split(",")]
     scores = {
-        (f, s): score_fold(args.runs / f"{f}-seed{s}", f, args.data, methods, args.tent_steps) for s in seeds for f in folds if (args.runs / f"{f}-seed{s}" / "run" / "last.safetensors").is_file()
+        (f, s): score_fold(args.runs / f"{f}-seed{s}", f, args.data, methods, args.tent_steps, args.label_steps)
+        for s in seeds
+        for f in folds
+        if (args.runs / f"{f}-seed{s}" / "run" / "last.safetensors").is_file()
     }
     seeds = [s for s in seeds if all((f, s) in scores for f in folds)]
-    result = {"runs": str(args.runs), "halves": "first / second half of the sorted frames, each scored after adapting on the other", "tent_steps": args.tent_steps, "methods": {}}
+    result = {
+        "runs": str(args.runs),
+        "halves": "first / second half of the sorted frames, each scored after adapting on the other",
+        "tent_steps": args.tent_steps,
+        "label_steps": args.label_steps,
+        "methods": {},
+    }
     for m in methods:
         per_seed = {s: {k: statistics.fmean(scores[f, s][m][k] for f in folds) for k in ("miou_all", "miou_present")} for s in seeds}
         gain = [per_seed[s]["miou_all"] - statistics.fmean(scores[f, s]["none"]["miou_all"] for f in folds) for s in seeds] if "none" in methods else []

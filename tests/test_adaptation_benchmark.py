@@ -65,3 +65,29 @@ def test_tent_changes_only_batch_norm_affine_parameters(tiny_run, unseen_dir):
     changed = {name for (name, p), q in zip(after.named_parameters(), before.parameters()) if not torch.equal(p, q)}
     assert changed, "Tent left every parameter as it was"
     assert all(id(dict(after.named_parameters())[n]) in affine for n in changed)
+
+
+def test_labelled_frames_spread_over_the_half(unseen_dir):
+    half = list_samples(unseen_dir)[0][:15]
+    four = adaptation.labelled_frames(half, 4)
+    assert [s.name for s in four] == [half[i].name for i in (0, 5, 9, 14)]
+    assert adaptation.labelled_frames(half, 0) == half and adaptation.labelled_frames(half, 40) == half
+
+
+def test_labels_method_fine_tunes_the_fold_model_on_the_other_half(tiny_run, unseen_dir, tmp_path):
+    """The ``labels`` method trains through the real engine from the fold's model file, on
+    exactly the labelled frames given, for about the steps asked."""
+    import json
+
+    from desertseg.evaluation.report import read_metrics_csv
+
+    frames = list_samples(unseen_dir)[0][:3]
+    path = tiny_run / "last.safetensors"
+    tuned = adaptation.finetuned(path, frames, unseen_dir, tmp_path / "labels-half0", steps=2)
+    config = read_metadata(tuned)["config"]
+    assert config["init"] == str(path) and config["val_split"] == "none" and config["size"] == read_metadata(path)["config"]["size"]
+    split = json.loads(open(config["train_split"]).read())
+    assert [s["name"] for s in split["samples"]] == [s.name for s in frames]
+    assert len([r for r in read_metrics_csv(tmp_path / "labels-half0" / "metrics.csv") if "train_loss" in r]) == 2  # 3 frames at batch 2: one step an epoch (the partial batch is dropped)
+    assert not all(torch.equal(a, b) for a, b in zip(load_model(tuned)[0].state_dict().values(), load_model(path)[0].state_dict().values()))
+    assert adaptation.finetuned(path, frames, unseen_dir, tmp_path / "labels-half0", steps=2) == tuned  # kept, not trained again

@@ -18,6 +18,7 @@ def train(
     preset: str = typer.Option("default", help="Preset name (seed, default) or path to a .toml preset file."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder from checkpoints/last.ckpt (optimiser, scheduler, epoch and RNG state), with the run's own config.json."),
     model: Optional[str] = typer.Option(None, help="Override the preset's model (see `desertseg models`)."),
+    init: Optional[str] = typer.Option(None, help="Start from this model file (`default`: the bundled model) instead of ImageNet weights, to fine-tune it on labelled frames of your desert."),
     epochs: Optional[int] = typer.Option(None, help="Override the number of epochs."),
     batch_size: Optional[int] = typer.Option(None, help="Override the batch size per device."),
     lr: Optional[float] = typer.Option(None, help="Override the learning rate."),
@@ -42,6 +43,7 @@ def train(
     overrides = merge_overrides(
         set_,
         model=model,
+        init=init,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,

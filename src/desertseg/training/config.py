@@ -25,6 +25,9 @@ class TrainConfig:
 
     model: str = "fpn_mobilenet_v2"
     pretrained: bool | str = "auto"
+    # A desertseg model file to start from instead of ImageNet weights ("default": the bundled
+    # model), e.g. to fine-tune it on labelled frames of your own desert; same model name.
+    init: str | None = None
     size: str = "480x270"  # WIDTHxHEIGHT
     epochs: int = 30
     batch_size: int = 8  # per process

@@ -39,7 +39,7 @@ from ..data.samples import find_samples
 from ..errors import TooManyDamagedFiles
 from .config import TrainConfig
 from .engine import AtomicCheckpointIO, EpochLines, KeepingCSVLogger, ResumeState, TrainingDiverged, on_terminal, quiet_lightning, resolve_workers
-from .lightning_module import SegmentationData, SegmentationModule
+from .lightning_module import SegmentationData, SegmentationModule, initial_model
 from .losses import class_weights
 
 # Above this, the per-worker in-memory sample cache is switched off (use cache_dir instead).
@@ -266,6 +266,8 @@ def train(
     lead = _is_launch_rank_zero()
     config, ckpt_path = _resume_point(config, out, resume, lead)
     resolve_workers(config.num_workers)  # validate before any work
+    if config.init and not resume:
+        initial_model(config)  # a wrong init file fails here, not after reading every mask for the class weights
     L.seed_everything(config.seed, workers=True, verbose=False)
     # Epoch-level metrics computed from the reduced confusion matrix are identical on every rank.
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")

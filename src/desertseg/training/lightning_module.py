@@ -17,9 +17,11 @@ from torchmetrics import MeanMetric
 
 from ..classes import CLASS_NAMES, NUM_CLASSES
 from ..data.decoding import DamagedSample
+from ..data.transforms import MEAN, STD
 from ..errors import TooManyDamagedFiles
 from ..io import atomic_write
 from ..metrics import confusion_metric, summarize
+from ..models.checkpoint import CheckpointError, default_model_path, input_normalisation, load_model
 from ..models.registry import build_model, encoder_parameters
 from .config import TrainConfig
 from .engine import EpochShardSampler, SeededAugment, SkipDamaged, TrainingDiverged
@@ -70,6 +72,25 @@ def parameter_groups(model: torch.nn.Module, encoder_lr_mult: float, lr: float) 
     return [{"params": rest}, {"params": enc, "lr": lr * encoder_lr_mult}]
 
 
+def initial_model(cfg: TrainConfig) -> torch.nn.Module:
+    """The model training starts from: ``cfg.init``'s weights (a desertseg model file, or
+    ``"default"`` for the bundled one) when set, else ``cfg.model`` with ImageNet weights.
+
+    A file of another architecture or trained on other input normalisation is refused with its
+    name: training feeds ImageNet-normalised input, so such weights would start out wrong.
+    """
+    if not cfg.init:
+        return build_model(cfg.model, NUM_CLASSES, pretrained=cfg.pretrained)
+    path = default_model_path() if cfg.init == "default" else Path(cfg.init)
+    model, meta = load_model(path)
+    if meta["model"] != cfg.model:
+        raise CheckpointError(path, f"init holds a '{meta['model']}' model but the run trains '{cfg.model}'; pass --model {meta['model']}")
+    mean, std = input_normalisation(meta, path)
+    if not (torch.allclose(torch.tensor(mean), torch.tensor(MEAN)) and torch.allclose(torch.tensor(std), torch.tensor(STD))):
+        raise CheckpointError(path, f"init was trained on input normalised with mean {list(mean)}, std {list(std)}; training feeds ImageNet-normalised input, so it cannot continue from it")
+    return model.float().train()
+
+
 def collate_readable(items: list[tuple]) -> tuple:
     """Batches :class:`~desertseg.training.engine.SkipDamaged` items: ``(image, target, damaged)``, the
     readable samples stacked (None when there is none) and every :class:`DamagedSample` met."""
@@ -114,7 +135,7 @@ class SegmentationModule(L.LightningModule):
         for key, registry in (("optimizer", OPTIMIZERS), ("scheduler", {**SCHEDULERS, "none": None})):
             if getattr(self.cfg, key) not in registry:
                 raise ValueError(f"unknown {key} '{getattr(self.cfg, key)}' ({', '.join(registry)})")
-        self.model = build_model(self.cfg.model, NUM_CLASSES, pretrained=self.cfg.pretrained)
+        self.model = initial_model(self.cfg)
         w = torch.tensor(class_weights) if class_weights is not None else None
         self.criterion = SegmentationLoss(self.cfg.loss, class_weights=w, label_smoothing=self.cfg.label_smoothing)
         # Both are torchmetrics states summed over processes by compute() (dist_reduce_fx="sum"),
