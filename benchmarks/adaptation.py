@@ -26,6 +26,9 @@ Methods:
             desert buys, the mark that no method without labels could pass. ``labelsN``: only
             N frames of the other half, evenly spaced, are labelled. Runs are kept in the
             fold's folder (``labelsN-STEPSsteps-half<K>``) and not trained again.
+    joint   the fold's recipe trained again from ImageNet weights on its training
+            environments *plus* the other half with its labels: the held-out environment as
+            one more training environment, half of it (``joint-half<K>``).
 """
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ def adapted(path: Path, method: str, x: torch.Tensor, tent_steps: int):
     elif method == "tent":
         adapt_tent(model, x, steps=tent_steps)
     elif method != "none":
-        raise SystemExit(f"unknown method {method!r} (none, bn, bnA, tent, labels, labelsN)")
+        raise SystemExit(f"unknown method {method!r} (none, bn, bnA, tent, labels, labelsN, joint)")
     return model, meta
 
 
@@ -127,10 +130,9 @@ def labelled_frames(half: list, n: int) -> list:
     return [half[round(i * (len(half) - 1) / max(n - 1, 1))] for i in range(n)]
 
 
-def finetuned(path: Path, samples, data: Path, run_dir: Path, steps: int) -> Path:
-    """The model file of ``path`` fine-tuned on the labelled ``samples`` with its own recipe
-    (``init``) for about ``steps`` optimiser steps, trained into ``run_dir`` unless it is there."""
-    import math
+def retrained(path: Path, samples, data: Path, run_dir: Path, **changes) -> Path:
+    """The fold model ``path``'s recipe, with ``changes``, trained on ``samples`` into
+    ``run_dir`` (no validation, last epoch) unless it is there already; its model file."""
     from dataclasses import fields
 
     from desertseg.data.splits import write_split_file
@@ -143,12 +145,20 @@ def finetuned(path: Path, samples, data: Path, run_dir: Path, steps: int) -> Pat
         return done
     split = write_split_file(run_dir.with_name(run_dir.name + "-split.json"), samples, data, "train")
     recipe = {k: v for k, v in read_metadata(path)["config"].items() if k in {f.name for f in fields(TrainConfig)}}
-    batch = recipe.get("batch_size", 8)
-    epochs = math.ceil(steps / (len(samples) // batch if len(samples) > batch else 1))  # training drops a last partial batch
-    config = TrainConfig(**{**recipe, "init": str(path), "epochs": epochs, "train_split": str(split), "val_split": "none"})
+    config = TrainConfig(**{**recipe, **changes, "train_split": str(split), "val_split": "none"})
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON only
         train(config, data, run_dir, resume=run_dir.exists(), progress=False)
     return done
+
+
+def finetuned(path: Path, samples, data: Path, run_dir: Path, steps: int) -> Path:
+    """The model file of ``path`` fine-tuned on the labelled ``samples`` with its own recipe
+    (``init``) for about ``steps`` optimiser steps."""
+    from desertseg.models.checkpoint import read_metadata
+
+    batch = read_metadata(path)["config"].get("batch_size", 8)
+    per_epoch = len(samples) // batch if len(samples) > batch else 1  # training drops a last partial batch
+    return retrained(path, samples, data, run_dir, init=str(path), epochs=-(-steps // per_epoch))
 
 
 def score_fold(fold_dir: Path, held_out: str, data: Path, methods: list[str], tent_steps: int, label_steps: int = 60) -> dict:
@@ -161,7 +171,8 @@ def score_fold(fold_dir: Path, held_out: str, data: Path, methods: list[str], te
 
     path = fold_dir / "run" / "last.safetensors"
     meta = read_metadata(path)
-    frames = sorted(make_splits(data, [held_out])[0]["val"], key=lambda s: s.name)
+    splits = make_splits(data, [held_out])[0]
+    frames = sorted(splits["val"], key=lambda s: s.name)
     halves = [frames[: len(frames) // 2], frames[len(frames) // 2 :]]
     inputs = [_inputs(meta, h) for h in halves]
     out = {}
@@ -169,8 +180,10 @@ def score_fold(fold_dir: Path, held_out: str, data: Path, methods: list[str], te
         cm = 0
         for k in (0, 1):  # adapt on one half, score the other
             if method.startswith("labels"):
-                frames = labelled_frames(halves[1 - k], int(method[6:] or 0))
-                model, meta = load_model(finetuned(path, frames, data, fold_dir / f"{method}-{label_steps}steps-half{1 - k}", label_steps))
+                labelled = labelled_frames(halves[1 - k], int(method[6:] or 0))
+                model, meta = load_model(finetuned(path, labelled, data, fold_dir / f"{method}-{label_steps}steps-half{1 - k}", label_steps))
+            elif method == "joint":
+                model, meta = load_model(retrained(path, splits["train"] + halves[1 - k], data, fold_dir / f"joint-half{1 - k}"))
             else:
                 model, meta = adapted(path, method, inputs[1 - k], tent_steps)
             predictor = Predictor(model, {**meta, "path": str(path)}, device="cpu", backend="torch")
@@ -178,6 +191,7 @@ def score_fold(fold_dir: Path, held_out: str, data: Path, methods: list[str], te
         s = summarize(cm)
         out[method] = {"miou_all": round(s["miou_all"], 4), "miou_present": round(s["miou_present"], 4)}
         print(f"{fold_dir.name} {method}: {out[method]}", file=sys.stderr)
+        out[method]["per_class_iou"] = {c["class"]: None if c["iou"] is None else round(c["iou"], 4) for c in s["per_class"]}
     return out
 
 

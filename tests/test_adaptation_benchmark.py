@@ -91,3 +91,17 @@ def test_labels_method_fine_tunes_the_fold_model_on_the_other_half(tiny_run, uns
     assert len([r for r in read_metrics_csv(tmp_path / "labels-half0" / "metrics.csv") if "train_loss" in r]) == 2  # 3 frames at batch 2: one step an epoch (the partial batch is dropped)
     assert not all(torch.equal(a, b) for a, b in zip(load_model(tuned)[0].state_dict().values(), load_model(path)[0].state_dict().values()))
     assert adaptation.finetuned(path, frames, unseen_dir, tmp_path / "labels-half0", steps=2) == tuned  # kept, not trained again
+
+
+def test_retrained_keeps_the_fold_recipe_but_not_its_weights(tiny_run, unseen_dir, tmp_path):
+    """``joint`` retrains the fold's recipe from its usual start (no ``init``) on the samples
+    given, here the target frames alone."""
+    import json
+
+    frames = list_samples(unseen_dir)[0][:2]
+    path = tiny_run / "last.safetensors"
+    model_file = adaptation.retrained(path, frames, unseen_dir, tmp_path / "joint-half0", epochs=1)
+    config, recipe = read_metadata(model_file)["config"], read_metadata(path)["config"]
+    assert config.get("init") is None and config["epochs"] == 1 and config["val_split"] == "none"
+    assert {k: config[k] for k in ("model", "size", "loss", "seed")} == {k: recipe[k] for k in ("model", "size", "loss", "seed")}
+    assert [s["name"] for s in json.loads(open(config["train_split"]).read())["samples"]] == [s.name for s in frames]
